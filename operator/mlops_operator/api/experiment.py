@@ -1,0 +1,206 @@
+"""Experiment: a hyperparameter search that trains TrialRuns and registers the best."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .common import (
+    DEFAULT_RUNTIME_IMAGE,
+    ApiModel,
+    ArtifactLocation,
+    DnsLabel,
+    Duration,
+    FreeFormObject,
+    FreeFormValue,
+    ImportPath,
+    Kind,
+    MetricName,
+    Metrics,
+    ResourceRequirements,
+    StatusModel,
+    age_column,
+    ready_column,
+)
+from .conditions import Condition
+from .ml import CrossValidation, Dataset, Objective, Validation
+
+LEADERBOARD_SIZE = 10
+
+
+class SearchParameter(ApiModel):
+    """One hyperparameter's search space: a typed range (`min`, `max`, optional `step`,
+    uniform or log-uniform) or a list of `values`, never both."""
+
+    model_config = {
+        "json_schema_extra": {
+            "oneOf": [{"required": ["values"]}, {"required": ["min", "max"]}],
+        }
+    }
+
+    type: Literal["float", "int", "categorical"] | None = Field(
+        default=None, description="float or int for a range (default float); categorical for values."
+    )
+    min: float | None = None
+    max: float | None = None
+    step: float | None = Field(default=None, gt=0)
+    distribution: Literal["uniform", "logUniform"] = "uniform"
+    values: Annotated[list[FreeFormValue], Field(min_length=1, max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_values(self) -> SearchParameter:
+        has_range = self.min is not None or self.max is not None
+        if has_range and self.values is not None:
+            raise ValueError("values: give either min/max or values, not both")
+        if self.values is None:
+            if self.min is None or self.max is None:
+                raise ValueError("min: a range needs both min and max (or give values)")
+            if self.min > self.max:
+                raise ValueError(f"min: {self.min} is greater than max {self.max}")
+            if self.distribution == "logUniform" and self.min <= 0:
+                raise ValueError("min: a logUniform range needs min > 0")
+        return self
+
+    @property
+    def is_range(self) -> bool:
+        return self.values is None
+
+    @property
+    def is_int(self) -> bool:
+        return self.type == "int"
+
+
+class EarlyStopping(ApiModel):
+    """Stop starting trials when the objective reaches `targetValue`, or when `patience`
+    completed trials in a row did not improve on the best."""
+
+    target_value: float | None = None
+    patience: int | None = Field(default=None, ge=1)
+
+
+class Search(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.parallelism <= self.maxTrials",
+                    "message": "parallelism must not exceed maxTrials",
+                    "fieldPath": ".parallelism",
+                }
+            ]
+        }
+    }
+
+    algorithm: Literal["grid", "random", "bayesian"] = "random"
+    space: dict[str, SearchParameter] = Field(default_factory=dict, max_length=64)
+    max_trials: int = Field(default=10, ge=1, le=10000)
+    parallelism: int = Field(default=2, ge=1, le=1000)
+    max_failed_trials: int = Field(default=3, ge=0, le=10000)
+    seed: int = Field(default=0, ge=0, description="Makes random and bayesian proposals reproducible.")
+    initial_random_trials: int = Field(
+        default=3, ge=1, le=100, description="Bayesian search starts with this many random trials."
+    )
+    early_stopping: EarlyStopping | None = None
+
+    @model_validator(mode="after")
+    def _parallelism_within_budget(self) -> Search:
+        if self.parallelism > self.max_trials:
+            raise ValueError(
+                f"parallelism: {self.parallelism} exceeds maxTrials {self.max_trials}"
+            )
+        return self
+
+
+class DriftRetrain(ApiModel):
+    enabled: bool = False
+    service: DnsLabel | None = Field(
+        default=None, description="InferenceService whose drift gauges trigger a retrain."
+    )
+    psi_threshold: float = Field(default=0.25, gt=0)
+    cooldown: Duration = "6h"
+
+
+class Retrain(ApiModel):
+    schedule: str | None = Field(
+        default=None,
+        pattern=r"^(@(hourly|daily|weekly|monthly|yearly))$|^(\S+\s+){4}\S+$",
+        description="Cron schedule (5 fields) for a fresh run of the whole search.",
+    )
+    on_drift: DriftRetrain | None = None
+
+
+class ExperimentSpec(ApiModel):
+    model: DnsLabel = Field(description="Model family that registered versions belong to.")
+    dataset: Dataset
+    estimator: ImportPath
+    params: FreeFormObject = Field(default_factory=dict, description="Fixed hyperparameters.")
+    search: Search = Field(default_factory=Search)
+    objective: Objective = Field(default_factory=Objective)
+    metrics: list[MetricName] | None = Field(default=None, description="Metrics to compute (default: all for the task).")
+    cross_validation: CrossValidation | None = None
+    validation: Validation = Field(default_factory=Validation)
+    register_policy: Literal["registerBest", "registerAll", "none"] = Field(
+        default="registerBest",
+        description="Register the best trial (default), every succeeded trial, or nothing.",
+    )
+    image: str = DEFAULT_RUNTIME_IMAGE
+    resources: ResourceRequirements | None = None
+    artifacts: ArtifactLocation = Field(default_factory=ArtifactLocation)
+    active_deadline_seconds: int = Field(default=3600, ge=1)
+    backoff_limit: int = Field(default=0, ge=0, le=10)
+    onnx: bool = Field(default=True, description="Also export an ONNX form when it is exact.")
+    retrain: Retrain | None = None
+
+
+class TrialCounts(StatusModel):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class TrialSummary(StatusModel):
+    name: str
+    phase: str | None = None
+    objective_value: float | None = None
+    params: FreeFormObject = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+
+
+class ExperimentStatus(StatusModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    observed_generation: int | None = None
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    best_trial: TrialSummary | None = None
+    best_objective_value: float | None = None
+    leaderboard: list[TrialSummary] = Field(default_factory=list, max_length=LEADERBOARD_SIZE)
+    model_version: str | None = Field(default=None, description="The ModelVersion it registered.")
+    registered_versions: list[str] = Field(default_factory=list)
+    start_time: str | None = None
+    completion_time: str | None = None
+    last_retrain_time: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Experiment(Kind):
+    kind: ClassVar[str] = "Experiment"
+    plural: ClassVar[str] = "experiments"
+    singular: ClassVar[str] = "experiment"
+    short_names: ClassVar[tuple[str, ...]] = ("exp",)
+    printer_columns: ClassVar[tuple[dict, ...]] = (
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Trials", "type": "integer", "jsonPath": ".status.trials.total"},
+        {"name": "Succeeded", "type": "integer", "jsonPath": ".status.trials.succeeded"},
+        {"name": "Metric", "type": "string", "jsonPath": ".spec.objective.metric"},
+        {"name": "Best", "type": "number", "jsonPath": ".status.bestObjectiveValue"},
+        {"name": "Version", "type": "string", "jsonPath": ".status.modelVersion"},
+        ready_column(),
+        age_column(),
+    )
+
+    spec: ExperimentSpec
+    status: ExperimentStatus | None = None

@@ -1,0 +1,212 @@
+"""InferenceService: a champion, an optional challenger rolled out as a measured canary
+(or shadow), promotion and rollback on evidence, drift watch."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .common import (
+    DEFAULT_RUNTIME_IMAGE,
+    ApiModel,
+    ArtifactLocation,
+    DnsLabel,
+    Duration,
+    Kind,
+    ResourceRequirements,
+    StatusModel,
+    age_column,
+    ready_column,
+)
+from .conditions import Condition
+
+HISTORY_SIZE = 20
+APPROVAL_ANNOTATION = "mlops.seed.io/approve-step"
+"""Set to the index of the step to release a manual gate (or `all` to approve every step)."""
+
+
+class VersionRef(ApiModel):
+    """A ModelVersion by name, or a policy that picks one: `bestValidated` (best objective
+    among Validated versions) or `latestValidated` (newest Validated version)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.modelVersion) != has(self.policy)",
+                    "message": "give exactly one of modelVersion or policy",
+                }
+            ]
+        }
+    }
+
+    model_version: DnsLabel | None = None
+    policy: Literal["bestValidated", "latestValidated"] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionRef:
+        if (self.model_version is None) == (self.policy is None):
+            raise ValueError("modelVersion: give exactly one of modelVersion or policy")
+        return self
+
+
+class Analysis(ApiModel):
+    """Checks made at every interval of a rollout; see docs for the statistics."""
+
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0, description="Challenger 5xx fraction allowed.")
+    max_p95_latency_ms: float = Field(default=200.0, gt=0.0)
+    max_accuracy_drop: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much lower the challenger's online accuracy may be before it counts as worse.",
+    )
+    min_sample_size: int = Field(
+        default=50, ge=1, description="Requests (and feedback labels) needed before a verdict; fewer is Inconclusive."
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion tests.")
+    failure_limit: int = Field(default=1, ge=1, description="Failed analyses before rolling back.")
+    prometheus_url: str | None = Field(
+        default=None, description="Query this Prometheus; otherwise scrape the pods' /metrics directly."
+    )
+
+
+Step = Annotated[int, Field(ge=1, le=100)]
+
+
+class Rollout(ApiModel):
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "size(self.steps) > 0 && self.steps[size(self.steps) - 1] == 100",
+                    "message": "steps must end at 100",
+                    "fieldPath": ".steps",
+                },
+                {
+                    "rule": "self.steps.isSorted() && self.steps.all(x, self.steps.exists_one(y, y == x))",
+                    "message": "steps must be strictly increasing",
+                    "fieldPath": ".steps",
+                },
+            ]
+        }
+    }
+
+    strategy: Literal["canary", "shadow"] = "canary"
+    steps: list[Step] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1, max_length=20)
+    interval: Duration = "1m"
+    shadow_iterations: int = Field(
+        default=3, ge=1, le=100, description="Shadow strategy: analyses of mirrored traffic before the switch."
+    )
+    analysis: Analysis = Field(default_factory=Analysis)
+    paused: bool = Field(default=False, description="Manual gate: hold at the current step.")
+    manual_approval: bool = Field(
+        default=False,
+        description=f"Hold before each step until the annotation {APPROVAL_ANNOTATION} approves it.",
+    )
+
+    @model_validator(mode="after")
+    def _steps_increase_to_100(self) -> Rollout:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f"steps: must be strictly increasing, got {self.steps}")
+        if self.steps[-1] != 100:
+            raise ValueError(f"steps: must end at 100, got {self.steps}")
+        return self
+
+
+class Drift(ApiModel):
+    enabled: bool = True
+    psi_threshold: float = Field(default=0.25, gt=0.0)
+    interval: Duration = "1m"
+    window: int = Field(default=1000, ge=10, le=1_000_000)
+
+
+class InferenceServiceSpec(ApiModel):
+    model: DnsLabel
+    champion: VersionRef = Field(default_factory=lambda: VersionRef(policy="bestValidated"))
+    challenger: VersionRef | None = None
+    rollout: Rollout = Field(default_factory=Rollout)
+    replicas: int = Field(default=1, ge=0, le=100)
+    router_replicas: int = Field(default=1, ge=1, le=100)
+    resources: ResourceRequirements | None = None
+    image: str = DEFAULT_RUNTIME_IMAGE
+    artifacts: ArtifactLocation = Field(default_factory=ArtifactLocation)
+    drift: Drift = Field(default_factory=Drift)
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+
+
+class CheckResult(StatusModel):
+    name: Literal["errorRate", "latencyP95", "onlineAccuracy", "agreement"]
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    champion: float | None = None
+    challenger: float | None = None
+    threshold: float | None = None
+    samples: int | None = None
+    p_value: float | None = None
+    message: str = ""
+
+
+class AnalysisResult(StatusModel):
+    time: str
+    step: int
+    weight: int
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    checks: list[CheckResult] = Field(default_factory=list)
+    message: str = ""
+
+
+class TrafficSplit(StatusModel):
+    champion: int = 100
+    challenger: int = 0
+    mode: Literal["canary", "shadow"] = "canary"
+
+
+class HistoryEntry(StatusModel):
+    time: str
+    action: Literal["Promoted", "RolledBack", "Initial", "ManualRollback"]
+    version: str
+    replaced: str | None = None
+    reason: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class InferenceServiceStatus(StatusModel):
+    phase: Literal["Pending", "Stable", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
+    observed_generation: int | None = None
+    champion: str | None = None
+    challenger: str | None = None
+    previous: str | None = None
+    traffic: TrafficSplit = Field(default_factory=TrafficSplit)
+    split: str | None = Field(default=None, description="Traffic split for kubectl, e.g. 90/10.")
+    current_step: int | None = Field(default=None, ge=0, description="Index into spec.rollout.steps.")
+    step_started_time: str | None = None
+    failed_checks: int = 0
+    inconclusive_checks: int = 0
+    last_analysis: AnalysisResult | None = None
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_SIZE)
+    rolled_back_versions: list[str] = Field(default_factory=list)
+    last_applied_hash: str | None = None
+    url: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class InferenceService(Kind):
+    kind: ClassVar[str] = "InferenceService"
+    plural: ClassVar[str] = "inferenceservices"
+    singular: ClassVar[str] = "inferenceservice"
+    short_names: ClassVar[tuple[str, ...]] = ("isvc", "mlisvc")
+    printer_columns: ClassVar[tuple[dict, ...]] = (
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+        {"name": "Champion", "type": "string", "jsonPath": ".status.champion"},
+        {"name": "Challenger", "type": "string", "jsonPath": ".status.challenger"},
+        {"name": "Split", "type": "string", "jsonPath": ".status.split"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+        ready_column(),
+        age_column(),
+    )
+
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus | None = None

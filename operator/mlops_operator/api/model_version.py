@@ -1,0 +1,85 @@
+"""ModelVersion: the immutable record of one trained model, its gates and where it serves."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .common import (
+    ApiModel,
+    DnsLabel,
+    FreeFormObject,
+    ImportPath,
+    Kind,
+    Metrics,
+    StatusModel,
+    age_column,
+    ready_column,
+)
+from .conditions import Condition
+from .ml import GateResult, Lineage, Objective, Signature, Validation
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class Artifact(ApiModel):
+    uri: str = Field(pattern=r"^s3://", description="Prefix holding every artifact of the run.")
+    model_uri: str = Field(pattern=r"^s3://.+\.skops$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size: int | None = Field(default=None, ge=0)
+    onnx_uri: str | None = Field(default=None, pattern=r"^s3://.+\.onnx$")
+    onnx_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    serving_format: Literal["onnx", "skops"] = "skops"
+
+
+class ModelVersionSpec(ApiModel):
+    model: DnsLabel
+    version: int = Field(ge=1, description="Monotonic per model family: 1, 2, 3, ...")
+    artifact: Artifact
+    estimator: ImportPath | None = None
+    params: FreeFormObject = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+    objective: Objective | None = None
+    signature: Signature | None = None
+    lineage: Lineage = Field(default_factory=Lineage)
+    validation: Validation = Field(default_factory=Validation)
+
+
+Role = Literal["none", "champion", "challenger", "previous", "retired", "rolledBack"]
+
+
+class ServingRef(StatusModel):
+    service: str
+    role: Role
+
+
+class ModelVersionStatus(StatusModel):
+    phase: Literal["Pending", "Validated", "Rejected"] = "Pending"
+    observed_generation: int | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+    role: Role = Field(default="none", description="Where it serves now, across InferenceServices.")
+    served_by: list[ServingRef] = Field(default_factory=list)
+    validated_time: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ModelVersion(Kind):
+    kind: ClassVar[str] = "ModelVersion"
+    plural: ClassVar[str] = "modelversions"
+    singular: ClassVar[str] = "modelversion"
+    short_names: ClassVar[tuple[str, ...]] = ("mv",)
+    printer_columns: ClassVar[tuple[dict, ...]] = (
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+        {"name": "Version", "type": "integer", "jsonPath": ".spec.version"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Role", "type": "string", "jsonPath": ".status.role"},
+        {"name": "Format", "type": "string", "jsonPath": ".spec.artifact.servingFormat"},
+        {"name": "Run", "type": "string", "jsonPath": ".spec.lineage.trainingRun", "priority": 1},
+        ready_column(),
+        age_column(),
+    )
+
+    spec: ModelVersionSpec
+    status: ModelVersionStatus | None = None
