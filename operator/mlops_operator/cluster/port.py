@@ -24,6 +24,8 @@ LabelSelector = str | Mapping[str, str] | None
 
 
 class ClusterError(Exception):
+    # The HTTP status of the failure; an adapter may set it per instance (e.g. 503 when the
+    # API server cannot be reached).
     status_code = 500
 
 
@@ -65,7 +67,13 @@ class Cluster(Protocol):
 
     def apply(self, obj: Obj, field_manager: str = "mlops-operator") -> Obj:
         """Create, or bring an existing object's spec, labels, annotations and owner
-        references to `obj` (server-side-apply semantics for the fields we own)."""
+        references to `obj` (server-side-apply semantics for the fields we own).
+
+        Applying the same object twice changes nothing (no new resourceVersion). Status is
+        never applied. Labels, annotations and owner references (by uid) that `obj` does
+        not name are kept; how a key removed from the spec is treated differs by adapter:
+        the in-memory one and server-side apply drop it, the Kubernetes adapter's
+        "merge" fallback cannot."""
 
     def patch(
         self,
