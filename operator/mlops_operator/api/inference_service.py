@@ -70,6 +70,17 @@ class Analysis(ApiModel):
     prometheus_url: str | None = Field(
         default=None, description="Query this Prometheus; otherwise scrape the pods' /metrics directly."
     )
+    require_feedback: bool = Field(
+        default=True,
+        description="Hold each step (Inconclusive) until both versions have minSampleSize feedback labels; "
+        "set false for services that get no label feedback (regression, or no feedback loop).",
+    )
+    min_agreement: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Shadow strategy: lowest share of mirrored requests where both versions must agree.",
+    )
 
 
 Step = Annotated[int, Field(ge=1, le=100)]
@@ -171,6 +182,37 @@ class HistoryEntry(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class VariantCounters(StatusModel):
+    """Cumulative counters of one variant (champion or challenger) at one moment."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    latency_buckets: dict[str, float] = Field(
+        default_factory=dict, description="Cumulative latency histogram: upper bound in seconds -> count."
+    )
+    feedback_correct: float = 0.0
+    feedback_incorrect: float = 0.0
+
+
+class CounterSnapshot(StatusModel):
+    """The analysis inputs read at the start of a window; an analysis judges the difference
+    between a later reading and this one, so a restarted operator keeps the same window."""
+
+    time: str
+    champion: VariantCounters = Field(default_factory=VariantCounters)
+    challenger: VariantCounters = Field(default_factory=VariantCounters)
+    shadow_agree: float = 0.0
+    shadow_disagree: float = 0.0
+    shadow_error: float = 0.0
+    fallbacks: float = 0.0
+    missing: list[Literal["champion", "challenger"]] = Field(
+        default_factory=list, description="Variants whose servers could not be read (their counters are absent)."
+    )
+
+
+RolloutStage = Literal["Starting", "Analysing", "AwaitingApproval", "Promoting", "Finalizing"]
+
+
 class InferenceServiceStatus(StatusModel):
     phase: Literal["Pending", "Stable", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] = "Pending"
     observed_generation: int | None = None
@@ -186,6 +228,23 @@ class InferenceServiceStatus(StatusModel):
     last_analysis: AnalysisResult | None = None
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_SIZE)
     rolled_back_versions: list[str] = Field(default_factory=list)
+    rollout_stage: RolloutStage | None = Field(
+        default=None,
+        description="Where a rollout stands: Starting (challenger deploying), Analysing, AwaitingApproval, "
+        "Promoting (champion Deployment updating to the winner), Finalizing (draining the challenger).",
+    )
+    stage_started_time: str | None = None
+    rollout_started_time: str | None = None
+    passed_analyses: int = Field(default=0, ge=0, description="Passed analyses in this step (shadow: in total).")
+    window_baseline: CounterSnapshot | None = Field(
+        default=None, description="Counters at the start of the current analysis window."
+    )
+    rollout_baseline: CounterSnapshot | None = Field(
+        default=None, description="Counters at the start of the rollout (online accuracy is judged since then)."
+    )
+    draining_version: str | None = Field(
+        default=None, description="Version whose challenger Deployment is kept until the routers stop using it."
+    )
     last_applied_hash: str | None = None
     url: str | None = None
     message: str | None = None

@@ -21,6 +21,8 @@ from .conditions import Condition
 from .ml import GateResult, Lineage, Objective, Signature, Validation
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+REASON_SPEC_IMMUTABLE = "SpecImmutable"
+"""Condition/Event reason when a ModelVersion's spec is changed after creation."""
 
 
 class Artifact(ApiModel):
@@ -61,6 +63,9 @@ class ModelVersionStatus(StatusModel):
     role: Role = Field(default="none", description="Where it serves now, across InferenceServices.")
     served_by: list[ServingRef] = Field(default_factory=list)
     validated_time: str | None = None
+    spec_hash: str | None = Field(
+        default=None, description="Hash of the spec as first validated; a later change is refused."
+    )
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

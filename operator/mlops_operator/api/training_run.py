@@ -22,7 +22,7 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import CrossValidation, Dataset, Objective
+from .ml import CrossValidation, Dataset, Objective, Signature
 
 
 class TrainingRunSpec(ApiModel):
@@ -64,6 +64,8 @@ class TrainingRunStatus(StatusModel):
     dataset_sha256: str | None = None
     task: Literal["classification", "regression"] | None = None
     duration_seconds: float | None = None
+    sklearn_version: str | None = Field(default=None, description="scikit-learn version that trained the model.")
+    signature: Signature | None = Field(default=None, description="Input signature, when the summary carries it.")
     failure_reason: str | None = None
     message: str | None = Field(default=None, description="Why it failed, from the container's termination message.")
     conditions: list[Condition] = Field(default_factory=list)

@@ -1,0 +1,90 @@
+"""Experiment controller: observe the trials and registered versions, register what is
+due, reconcile, apply."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+from .. import metrics
+from ..api.experiment import Experiment
+from ..api.model_version import ModelVersion
+from ..api.training_run import TrainingRun
+from ..cluster.port import Cluster, Obj
+from ..reconcile import experiment as logic
+from ..reconcile.common import EXPERIMENT_LABEL, MODEL_LABEL, TRAINING_RUN_LABEL, Settings
+from ..reconcile.plan import Event, Plan
+from . import meta_of, parse, run_sync, settings_from_env, status_phase
+from .registry import register_model_version
+
+REASON_REGISTRATION_FAILED = "RegistrationFailed"
+
+
+def observe_trials(cluster: Cluster, obj: Obj) -> list[Obj]:
+    namespace, name = meta_of(obj)
+    return cluster.list(TrainingRun.api_version(), "TrainingRun", namespace, {EXPERIMENT_LABEL: name})
+
+
+def observe_versions(cluster: Cluster, obj: Obj, model: str) -> tuple[logic.RegisteredVersion, ...]:
+    namespace, name = meta_of(obj)
+    found = cluster.list(ModelVersion.api_version(), "ModelVersion", namespace,
+                         {EXPERIMENT_LABEL: name, MODEL_LABEL: model})
+    return tuple(
+        logic.RegisteredVersion(
+            name=mv["metadata"]["name"],
+            training_run=(mv["metadata"].get("labels") or {}).get(TRAINING_RUN_LABEL, ""),
+            version=int((mv.get("spec") or {}).get("version") or 0),
+        )
+        for mv in found
+    )
+
+
+def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = None) -> Plan:
+    settings = settings or settings_from_env()
+
+    def step(current: Obj):
+        exp = parse(Experiment, current, lambda e: logic.spec_problems(e, settings))
+        if status_phase(current) in logic.TERMINAL:
+            return logic.reconcile(exp, logic.ExperimentObserved(), now), None
+        runs = observe_trials(cluster, current)
+        own_uid = current["metadata"].get("uid")
+        runs = [r for r in runs if _owned_by(r, own_uid)]
+        observed = logic.ExperimentObserved(
+            trials=tuple(logic.trial_facts(r) for r in runs),
+            versions=observe_versions(cluster, current, exp.spec.model),
+        )
+        problems: list[Event] = []
+        due = logic.registrations_due(exp, observed)
+        if due:
+            by_name = {r["metadata"]["name"]: r for r in runs}
+            added = []
+            for name in due:
+                try:
+                    run = TrainingRun.model_validate(by_name[name])
+                    mv, _ = register_model_version(cluster, run, exp, settings)
+                except ValueError as error:
+                    problems.append(Event(REASON_REGISTRATION_FAILED, str(error), "Warning"))
+                    continue
+                added.append(logic.RegisteredVersion(
+                    name=mv["metadata"]["name"], training_run=name, version=int(mv["spec"]["version"])))
+            observed = dataclasses.replace(observed, versions=observed.versions + tuple(added))
+        plan = logic.reconcile(exp, observed, now)
+        if problems:
+            plan = dataclasses.replace(plan, events=plan.events + tuple(problems))
+        seen = {(c["apiVersion"], c["kind"], c["metadata"]["name"]): None for c in plan.children}
+        return plan, seen
+
+    plan = run_sync("Experiment", cluster, obj, now, step)
+    gauges = plan.metrics
+    if "phase" in gauges:
+        namespace, name = meta_of(obj)
+        metrics.record_experiment(namespace or "default", name, gauges["phase"], gauges["trials"])
+    return plan
+
+
+def _owned_by(run: Obj, uid: str | None) -> bool:
+    """Trials of this Experiment object (not of a deleted one of the same name whose trials
+    await garbage collection)."""
+    refs = run["metadata"].get("ownerReferences") or ()
+    return uid is None or not refs or any(ref.get("uid") == uid for ref in refs)
+

@@ -1,0 +1,604 @@
+"""InferenceService: which versions serve, the children that serve them, and the rollout.
+
+Pure: `reconcile(isvc, observed, now) -> Plan`. The children:
+
+- `<svc>-champion` Deployment + Service: the champion's model server;
+- `<svc>-challenger` Deployment + Service: the challenger's, only while there is one (and
+  while the routers drain it after a rollout);
+- `<svc>-router` Deployment: the router, reading its weights from
+- `<svc>-router-config` ConfigMap (key `router.json`, mounted at /etc/mlops/router; the
+  router re-reads the file when it changes, so weight changes restart nothing);
+- `<svc>` Service: the stable entry point, selecting the router.
+
+The rollout's decisions live in `rollout.state_machine`; this module resolves the versions,
+feeds the state machine and turns its state into children, status, conditions and Events.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..api.common import parse_duration
+from ..api.conditions import (
+    AVAILABLE,
+    PROGRESSING,
+    READY,
+    REASON_ANALYSIS_INCONCLUSIVE,
+    REASON_AVAILABLE,
+    REASON_DEPLOYMENTS_NOT_READY,
+    REASON_MODEL_VERSION_NOT_FOUND,
+    REASON_MODEL_VERSION_NOT_VALIDATED,
+    REASON_PAUSED,
+    REASON_PENDING,
+    REASON_PROMOTED,
+    REASON_ROLLED_BACK,
+    REASON_ROLLOUT_STARTED,
+    REASON_STABLE,
+    REASON_STEP_ADVANCED,
+    find_condition,
+)
+from ..api.inference_service import (
+    APPROVAL_ANNOTATION,
+    HISTORY_SIZE,
+    CounterSnapshot,
+    HistoryEntry,
+    InferenceService,
+    InferenceServiceStatus,
+    TrafficSplit,
+    VersionRef,
+)
+from ..api.model_version import ModelVersion
+from ..api.naming import child_name
+from ..rollout import state_machine as sm
+from .common import (
+    GROUP_PREFIX,
+    Settings,
+    child_labels,
+    restricted_container_security_context,
+    restricted_pod_security_context,
+    spec_hash,
+    with_conditions,
+)
+from .plan import Event, Plan
+
+PORT = 8080
+CHAMPION, CHALLENGER, ROUTER = "champion", "challenger", "router"
+ROLE_LABEL = f"{GROUP_PREFIX}role"
+MODEL_VERSION_LABEL = f"{GROUP_PREFIX}modelversion"
+SERVICE_LABEL = f"{GROUP_PREFIX}inferenceservice"
+ROUTER_CONFIG_DIR = "/etc/mlops/router"
+ROUTER_CONFIG_KEY = "router.json"
+ROUTER_CONFIG_FILE = f"{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}"
+SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
+# Stable phases look again this often so that a policy can pick up new ModelVersions even
+# when nothing else triggers a reconcile.
+RESOLVE_EVERY_SECONDS = 30.0
+
+
+# ---------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """A Deployment as the reconciler needs it: which version its pods run, and whether all
+    replicas of the current template are ready."""
+
+    version: str | None
+    ready: bool
+
+
+@dataclass(frozen=True)
+class Observed:
+    model_versions: tuple[ModelVersion, ...] = ()
+    champion: DeploymentState | None = None
+    challenger: DeploymentState | None = None
+    router: DeploymentState | None = None
+    metrics: CounterSnapshot | None = None
+    metrics_error: str | None = None
+    routers_in_sync: bool | None = None
+    settings: Settings = field(default_factory=Settings)
+
+
+def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
+    """Condense a Deployment: ready when the controller has seen its current generation and
+    every desired replica is updated and ready."""
+    if deployment is None:
+        return None
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    replicas = int(spec.get("replicas", 1))
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    generation, observed = meta.get("generation"), status.get("observedGeneration")
+    current = generation is None or observed is None or observed >= generation
+    updated = status.get("updatedReplicas")
+    ready = (
+        current
+        and int(status.get("readyReplicas") or 0) >= replicas
+        and (updated is None or int(updated) >= replicas)
+    )
+    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=bool(ready))
+
+
+# ---------------------------------------------------------------- names and URLs
+
+
+def champion_name(svc: str) -> str:
+    return child_name(svc, CHAMPION)
+
+
+def challenger_name(svc: str) -> str:
+    return child_name(svc, CHALLENGER)
+
+
+def router_name(svc: str) -> str:
+    return child_name(svc, ROUTER)
+
+
+def router_config_name(svc: str) -> str:
+    return child_name(svc, "router-config")
+
+
+def service_url(service: str, namespace: str) -> str:
+    return f"http://{service}.{namespace}.svc:{PORT}"
+
+
+def namespace_of(isvc: InferenceService) -> str:
+    return isvc.metadata.namespace or "default"
+
+
+# ---------------------------------------------------------------- version resolution
+
+
+@dataclass(frozen=True)
+class Resolution:
+    version: str | None
+    problem: tuple[str, str] | None = None  # (reason, message)
+
+
+def validated(mv: ModelVersion) -> bool:
+    return mv.status is not None and mv.status.phase == "Validated"
+
+
+def objective_key(mv: ModelVersion) -> tuple[bool, float, int]:
+    """Sort key, best last: versions with the objective's metric before those without, then
+    by the metric in the objective's direction, then the newer version."""
+    metric, goal = ("accuracy", "maximize") if mv.spec.objective is None else (
+        mv.spec.objective.metric, mv.spec.objective.goal)
+    value = mv.spec.metrics.get(metric)
+    if value is None:
+        return (False, 0.0, mv.spec.version)
+    return (True, value if goal == "maximize" else -value, mv.spec.version)
+
+
+def resolve(ref: VersionRef, versions: dict[str, ModelVersion], model: str, role: str,
+            excluded: frozenset[str] = frozenset(), newer_than: int | None = None) -> Resolution:
+    """The ModelVersion `ref` designates now, or why there is none."""
+    if ref.model_version is not None:
+        mv = versions.get(ref.model_version)
+        if mv is None:
+            return Resolution(None, (REASON_MODEL_VERSION_NOT_FOUND,
+                                     f"spec.{role}.modelVersion: ModelVersion {ref.model_version!r} of model "
+                                     f"{model!r} not found in this namespace"))
+        if not validated(mv):
+            phase = mv.status.phase if mv.status else "Pending"
+            return Resolution(None, (REASON_MODEL_VERSION_NOT_VALIDATED,
+                                     f"spec.{role}.modelVersion: ModelVersion {ref.model_version!r} is {phase}, "
+                                     f"not Validated"))
+        return Resolution(ref.model_version)
+    candidates = [mv for mv in versions.values() if validated(mv) and mv.metadata.name not in excluded]
+    if ref.policy == "latestValidated":
+        candidates = [mv for mv in candidates if newer_than is None or mv.spec.version > newer_than]
+        best = max(candidates, key=lambda mv: mv.spec.version, default=None)
+    else:
+        best = max(candidates, key=objective_key, default=None)
+    if best is None:
+        if role == CHALLENGER:
+            return Resolution(None)  # nothing newer (or better) yet: no rollout, no problem
+        return Resolution(None, (REASON_MODEL_VERSION_NOT_FOUND,
+                                 f"spec.{role}.policy {ref.policy}: no Validated ModelVersion of model {model!r}"))
+    return Resolution(best.metadata.name)
+
+
+# ---------------------------------------------------------------- children
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 2,
+            "failureThreshold": failures}
+
+
+def _pod_spec(isvc: InferenceService, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security_context(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+    }
+
+
+def _container(isvc: InferenceService, args: list[str], env: list[dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": isvc.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": [*env, {"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 6),
+        "securityContext": restricted_container_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+    }
+    if isvc.spec.resources is not None:
+        container["resources"] = isvc.spec.resources.dump()
+    return container
+
+
+def serve_args(isvc: InferenceService, mv: ModelVersion, role: str) -> list[str]:
+    """The serving runtime's command line (docs/contracts.md, "Serving runtime")."""
+    artifact = mv.spec.artifact
+    args = ["mlops_runtime.serve", "--model-uri", artifact.model_uri, "--sha256", artifact.sha256]
+    if artifact.serving_format == "onnx" and artifact.onnx_uri and artifact.onnx_sha256:
+        args += ["--onnx-uri", artifact.onnx_uri, "--onnx-sha256", artifact.onnx_sha256]
+    return args + ["--port", str(PORT), "--name", isvc.spec.model, "--version", mv.metadata.name, "--role", role]
+
+
+def s3_env(isvc: InferenceService, settings: Settings) -> list[dict[str, Any]]:
+    secret = isvc.spec.artifacts.secret_name
+    env: list[dict[str, Any]] = []
+    endpoint = isvc.spec.artifacts.endpoint or settings.s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    return env + [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                  for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+
+
+def _labels(isvc: InferenceService, role: str, version: str | None = None) -> dict[str, str]:
+    labels = child_labels("InferenceService", isvc.metadata.name, role, isvc.spec.model)
+    labels[ROLE_LABEL] = role
+    if version:
+        labels[MODEL_VERSION_LABEL] = version
+    return labels
+
+
+def _selector(isvc: InferenceService, role: str) -> dict[str, str]:
+    return {SERVICE_LABEL: isvc.metadata.name, ROLE_LABEL: role}
+
+
+def _deployment(isvc: InferenceService, name: str, role: str, replicas: int, pod_spec: dict[str, Any],
+                version: str | None = None) -> dict[str, Any]:
+    labels = _labels(isvc, role, version)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace_of(isvc), "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": _selector(isvc, role)},
+            # Never fewer ready pods than asked for while a new version rolls in.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": dict(SCRAPE_ANNOTATIONS)},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def desired_server_deployment(isvc: InferenceService, mv: ModelVersion, role: str,
+                              settings: Settings) -> dict[str, Any]:
+    """The model server of `mv` in `role` (champion or challenger)."""
+    container = _container(isvc, serve_args(isvc, mv, role), s3_env(isvc, settings), [])
+    name = champion_name(isvc.metadata.name) if role == CHAMPION else challenger_name(isvc.metadata.name)
+    replicas = isvc.spec.replicas
+    return _deployment(isvc, name, role, replicas, _pod_spec(isvc, container, []), version=mv.metadata.name)
+
+
+def router_args(isvc: InferenceService) -> list[str]:
+    namespace = namespace_of(isvc)
+    return ["mlops_runtime.router", "--port", str(PORT),
+            "--champion", service_url(champion_name(isvc.metadata.name), namespace),
+            "--config-file", ROUTER_CONFIG_FILE, "--name", isvc.metadata.name]
+
+
+def desired_router_deployment(isvc: InferenceService) -> dict[str, Any]:
+    """The router. Its weights come from the mounted ConfigMap, not from its arguments, so
+    that a weight change rewrites a file instead of rolling the router's pods."""
+    mount = {"name": "router-config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True}
+    container = _container(isvc, router_args(isvc), [], [mount])
+    volume = {"name": "router-config", "configMap": {"name": router_config_name(isvc.metadata.name)}}
+    return _deployment(isvc, router_name(isvc.metadata.name), ROUTER, isvc.spec.router_replicas,
+                       _pod_spec(isvc, container, [volume]))
+
+
+def router_config(isvc: InferenceService, split: TrafficSplit, challenger_routed: bool) -> dict[str, Any]:
+    """The router's config file (docs/contracts.md, "Router")."""
+    namespace = namespace_of(isvc)
+    return {
+        "champion": service_url(champion_name(isvc.metadata.name), namespace),
+        "challenger": service_url(challenger_name(isvc.metadata.name), namespace) if challenger_routed else None,
+        "weight": split.challenger if challenger_routed else 0,
+        "mode": split.mode if challenger_routed else "canary",
+    }
+
+
+def desired_router_config_map(isvc: InferenceService, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": router_config_name(isvc.metadata.name), "namespace": namespace_of(isvc),
+                     "labels": _labels(isvc, ROUTER)},
+        "data": {ROUTER_CONFIG_KEY: json.dumps(config, sort_keys=True, separators=(",", ":"))},
+    }
+
+
+def desired_service(isvc: InferenceService, name: str, role: str, service_type: str = "ClusterIP") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace_of(isvc), "labels": _labels(isvc, role)},
+        "spec": {
+            "type": service_type,
+            "selector": _selector(isvc, role),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def desired_stable_service(isvc: InferenceService) -> dict[str, Any]:
+    """`<svc>`: what clients call; it selects the router."""
+    return desired_service(isvc, isvc.metadata.name, ROUTER, isvc.spec.service_type)
+
+
+# ---------------------------------------------------------------- status
+
+
+def split_text(split: TrafficSplit) -> str:
+    text = f"{split.champion}/{split.challenger}"
+    return f"{text} shadow" if split.mode == "shadow" else text
+
+
+def phase_of(status: InferenceServiceStatus, paused: bool, champion_problem: tuple[str, str] | None) -> str:
+    if status.champion is None:
+        rejected = champion_problem is not None and "Rejected" in champion_problem[1]
+        return "Failed" if rejected else "Pending"
+    stage = status.rollout_stage
+    if stage in ("Starting", "Analysing", "AwaitingApproval"):
+        return "Paused" if paused or stage == "AwaitingApproval" else "Progressing"
+    last = status.history[-1].action if status.history else None
+    if stage == "Promoting":
+        return "Promoted"
+    if stage == "Finalizing":
+        return "Promoted" if last == "Promoted" else "RolledBack"
+    return "RolledBack" if last == "RolledBack" else "Stable"
+
+
+def _progressing_condition(status: InferenceServiceStatus, phase: str, spec_paused: bool,
+                           challenger_problem: tuple[str, str] | None) -> tuple[str, str, str]:
+    """(status, reason, message) of the Progressing condition."""
+    stage = status.rollout_stage
+    if stage == "Starting":
+        return ("True", REASON_ROLLOUT_STARTED, f"waiting for the challenger Deployment of {status.challenger}")
+    if phase == "Paused":
+        if stage == "AwaitingApproval":
+            target = 0 if status.current_step is None else status.current_step + 1
+            return ("True", REASON_PAUSED,
+                    f"waiting for approval: annotate {APPROVAL_ANNOTATION}={target} (or all) to continue")
+        return ("True", REASON_PAUSED, "spec.rollout.paused is true: holding the current step")
+    if stage == "Analysing":
+        last = status.last_analysis
+        if last is not None and last.verdict == "Inconclusive" and last.step == status.current_step:
+            return ("True", REASON_ANALYSIS_INCONCLUSIVE, last.message)
+        return ("True", REASON_STEP_ADVANCED, f"step {(status.current_step or 0) + 1}, split {status.split}")
+    if stage in ("Promoting", "Finalizing") and phase == "Promoted":
+        return ("True", REASON_PROMOTED, status.history[-1].reason if stage == "Finalizing" and status.history
+                else f"champion Deployment moving to {status.challenger}")
+    if challenger_problem is not None:
+        return ("False", *challenger_problem)
+    if phase == "RolledBack" and status.history:
+        entry = status.history[-1]
+        return ("False", REASON_ROLLED_BACK, f"{entry.version} rolled back: {entry.reason}")
+    return ("False", REASON_STABLE, f"serving {status.champion}")
+
+
+def _problem_events(old: list, new: list) -> tuple[Event, ...]:
+    """A Warning for a condition that turned to a problem reason, once per change."""
+    events = []
+    for condition in new:
+        if condition.reason not in (REASON_MODEL_VERSION_NOT_FOUND, REASON_MODEL_VERSION_NOT_VALIDATED):
+            continue
+        before = find_condition(old, condition.type)
+        if before is None or before.reason != condition.reason or before.message != condition.message:
+            events.append(Event(condition.reason, condition.message, "Warning"))
+    return tuple(events)
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def _champion_switch(status: InferenceServiceStatus, new: str, versions: dict[str, ModelVersion],
+                     now: datetime) -> tuple[InferenceServiceStatus, Event]:
+    """The user pointed spec.champion elsewhere: serve it now (the instant rollback). A newer
+    champion replaced by an older one counts as rolled back, so a policy does not bring it back."""
+    old = status.champion
+    if status.rollout_stage is not None:
+        status = sm.abort(status, now)
+    rolled_back = list(status.rolled_back_versions)
+    old_mv, new_mv = versions.get(old or ""), versions.get(new)
+    if old and old_mv is not None and new_mv is not None and new_mv.spec.version < old_mv.spec.version \
+            and old not in rolled_back:
+        rolled_back.append(old)
+    entry = HistoryEntry(time=sm.timestamp(now), action="ManualRollback", version=new, replaced=old,
+                         reason="spec.champion changed")
+    status = status.model_copy(update={"champion": new, "previous": old, "rolled_back_versions": rolled_back,
+                                       "history": [*status.history, entry][-HISTORY_SIZE:]})
+    return status, Event(REASON_STABLE, f"champion set to {new} by spec.champion (was {old})")
+
+
+def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan:
+    spec = isvc.spec
+    name = isvc.metadata.name
+    generation = isvc.metadata.generation
+    old_status = isvc.status or InferenceServiceStatus()
+    status = old_status
+    versions = {mv.metadata.name: mv for mv in observed.model_versions if mv.spec.model == spec.model}
+    events: list[Event] = []
+
+    # 1. The champion: from the spec the first time and whenever spec.champion changes;
+    #    afterwards promotions move it and status remembers it (the spec is never edited).
+    champion_hash = spec_hash(spec.champion.dump())
+    champion_problem: tuple[str, str] | None = None
+    if status.champion is None or status.last_applied_hash != champion_hash:
+        wanted = resolve(spec.champion, versions, spec.model, CHAMPION)
+        champion_problem = wanted.problem
+        if wanted.version is not None:
+            if status.champion is None:
+                entry = HistoryEntry(time=sm.timestamp(now), action="Initial", version=wanted.version,
+                                     reason=f"spec.champion ({spec.champion.policy or 'modelVersion'})")
+                status = status.model_copy(update={"champion": wanted.version, "history": [*status.history, entry]})
+                events.append(Event(REASON_STABLE, f"serving {wanted.version} as champion"))
+            elif wanted.version != status.champion:
+                status, event = _champion_switch(status, wanted.version, versions, now)
+                events.append(event)
+            status = status.model_copy(update={"last_applied_hash": champion_hash})
+
+    # 2. The challenger, and whether a rollout starts, continues or stops.
+    challenger_problem: tuple[str, str] | None = None
+    champion_mv = versions.get(status.champion or "")
+    if status.champion is not None and spec.challenger is not None:
+        excluded = frozenset({*status.rolled_back_versions, status.champion})
+        wanted = resolve(spec.challenger, versions, spec.model, CHALLENGER, excluded,
+                         newer_than=champion_mv.spec.version if champion_mv else None)
+        challenger_problem = wanted.problem
+        desired = wanted.version
+        if spec.challenger.model_version is not None and desired is None and challenger_problem is None:
+            ref = spec.challenger.model_version
+            if ref in status.rolled_back_versions:
+                challenger_problem = (REASON_ROLLED_BACK, f"spec.challenger.modelVersion: {ref} was rolled back; "
+                                      f"name a new version to roll out")
+    else:
+        desired = None
+    stage = status.rollout_stage
+    if stage in ("Starting", "Analysing", "AwaitingApproval"):
+        current = status.challenger
+        still_valid = current in versions and validated(versions[current])
+        keep = still_valid and (desired == current or (spec.challenger is not None
+                                                       and spec.challenger.policy is not None))
+        if not keep:
+            status = sm.abort(status, now)
+            events.append(Event(REASON_STABLE, f"rollout of {current} stopped: spec.challenger now "
+                                               f"designates {desired or 'nothing'}"))
+    elif stage is None and desired is not None and desired != status.champion:
+        how = spec.challenger.policy or "spec.challenger.modelVersion"  # type: ignore[union-attr]
+        outcome = sm.start(status, desired, now, how)
+        status = outcome.status
+        events += outcome.events
+
+    # 3. One step of the rollout.
+    observations = sm.Observations(
+        challenger_ready=bool(observed.challenger and observed.challenger.ready
+                              and observed.challenger.version == status.challenger),
+        champion_ready=bool(observed.champion and observed.champion.ready),
+        champion_ready_version=observed.champion.version if observed.champion and observed.champion.ready else None,
+        metrics=observed.metrics,
+        metrics_error=observed.metrics_error,
+        routers_in_sync=observed.routers_in_sync,
+        approval=isvc.metadata.annotations.get(APPROVAL_ANNOTATION),
+    )
+    outcome = sm.advance(status, spec.rollout, observations, now)
+    status = outcome.status
+    events += outcome.events
+
+    # 4. Children.
+    children: list[dict[str, Any]] = []
+    deletions: list[tuple[str, str, str]] = []
+    split = sm.traffic(status, spec.rollout)
+    routed = sm.challenger_routed(status)
+    config = router_config(isvc, split, routed)
+    if status.champion is not None:
+        champion_version = status.challenger if status.rollout_stage == "Promoting" else status.champion
+        mv = versions.get(champion_version or "")
+        if mv is not None:
+            children.append(desired_server_deployment(isvc, mv, CHAMPION, observed.settings))
+        children.append(desired_service(isvc, champion_name(name), CHAMPION))
+        serving_challenger = status.draining_version if status.rollout_stage == "Finalizing" else status.challenger
+        challenger_mv = versions.get(serving_challenger or "")
+        if serving_challenger is not None:
+            if challenger_mv is not None:
+                children.append(desired_server_deployment(isvc, challenger_mv, CHALLENGER, observed.settings))
+            children.append(desired_service(isvc, challenger_name(name), CHALLENGER))
+        else:
+            deletions += [("apps/v1", "Deployment", challenger_name(name)), ("v1", "Service", challenger_name(name))]
+        children += [desired_router_config_map(isvc, config), desired_router_deployment(isvc),
+                     desired_stable_service(isvc)]
+
+    # 5. Status and conditions.
+    phase = phase_of(status, spec.rollout.paused, champion_problem)
+    status = status.model_copy(update={
+        "phase": phase,
+        "observed_generation": generation,
+        "traffic": split,
+        "split": split_text(split),
+        "url": service_url(name, namespace_of(isvc)) if status.champion else None,
+    })
+    available, not_ready = _availability(observed)
+    if status.champion is None:
+        ready = ("False", *(champion_problem or (REASON_PENDING, "no champion yet")))
+    elif champion_problem is not None:
+        ready = ("True" if available else "False", *champion_problem)
+    elif available:
+        ready = ("True", REASON_AVAILABLE, f"serving {status.champion} at {status.url}")
+    else:
+        ready = ("False", REASON_DEPLOYMENTS_NOT_READY, f"waiting for {', '.join(not_ready)}")
+    progressing = _progressing_condition(status.model_copy(update={"split": split_text(split)}), phase,
+                                         spec.rollout.paused, challenger_problem)
+    availability = ("True", REASON_AVAILABLE, "champion and router ready") if available else \
+        ("False", REASON_DEPLOYMENTS_NOT_READY, f"waiting for {', '.join(not_ready)}")
+    conditions = with_conditions(list(status.conditions), [
+        (READY, *ready), (AVAILABLE, *availability), (PROGRESSING, *progressing)], generation, now)
+    message = progressing[2] if progressing[0] == "True" or challenger_problem else ready[2]
+    status = status.model_copy(update={"conditions": conditions, "message": message})
+    events += _problem_events(list(old_status.conditions), conditions)
+    if phase == "Paused" and old_status.phase != "Paused":
+        events.append(Event(REASON_PAUSED, progressing[2]))
+
+    return Plan(
+        status=status.dump(),
+        children=tuple(children),
+        deletions=tuple(deletions),
+        events=tuple(events),
+        requeue_after=_requeue(status, outcome, spec, champion_problem or challenger_problem),
+        metrics={
+            "weight": split.challenger,
+            "phase": phase,
+            "interval_seconds": parse_duration(spec.rollout.interval).total_seconds(),
+            "verdict": outcome.analysis.verdict if outcome.analysis else None,
+            "promoted": outcome.promoted,
+            "rolled_back": outcome.rolled_back,
+            "progressed": outcome.progressed,
+            "router_config": config,
+        },
+    )
+
+
+def _availability(observed: Observed) -> tuple[bool, list[str]]:
+    not_ready = [what for what, state in (("champion Deployment", observed.champion),
+                                          ("router Deployment", observed.router))
+                 if state is None or not state.ready]
+    return not not_ready, not_ready
+
+
+def _requeue(status: InferenceServiceStatus, outcome: sm.Outcome, spec, problem) -> float | None:
+    if outcome.requeue_after is not None:
+        return outcome.requeue_after
+    if status.rollout_stage is not None:
+        return sm.POLL.total_seconds()
+    if problem is not None or status.champion is None or (spec.challenger and spec.challenger.policy):
+        return RESOLVE_EVERY_SECONDS
+    return None

@@ -1,0 +1,151 @@
+"""Proposals are pure: same (space, history, seed, index) -> same params; grids are full
+factorials capped by maxTrials; ranges, ints, log scales, steps and categories hold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlops_operator.api.experiment import Search
+from mlops_operator.search import propose, search_size, trial_budget
+
+
+def make_search(algorithm: str = "random", max_trials: int = 20, seed: int = 0, **space) -> Search:
+    return Search.model_validate(
+        {"algorithm": algorithm, "maxTrials": max_trials, "parallelism": 1, "seed": seed, "space": space}
+    )
+
+
+MIXED = {
+    "C": {"min": 0.001, "max": 1000, "distribution": "logUniform"},
+    "depth": {"type": "int", "min": 2, "max": 9},
+    "alpha": {"min": 0.0, "max": 1.0, "step": 0.1},
+    "kernel": {"values": ["linear", "rbf", "poly"]},
+}
+
+
+def check_in_space(params: dict) -> None:
+    assert 0.001 <= params["C"] <= 1000 and isinstance(params["C"], float)
+    assert isinstance(params["depth"], int) and 2 <= params["depth"] <= 9
+    assert 0.0 <= params["alpha"] <= 1.0
+    assert math.isclose(params["alpha"] * 10, round(params["alpha"] * 10), abs_tol=1e-9)
+    assert params["kernel"] in ("linear", "rbf", "poly")
+
+
+class TestGrid:
+    def test_full_factorial_in_order(self):
+        search = make_search("grid", 100, a={"values": [1, 2]}, b={"values": ["x", "y", "z"]})
+        assert search_size(search) == 6
+        points = [propose(search, [], i) for i in range(1, 7)]
+        assert points == [
+            {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1, "b": "z"},
+            {"a": 2, "b": "x"}, {"a": 2, "b": "y"}, {"a": 2, "b": "z"},
+        ]
+
+    def test_capped_by_max_trials(self):
+        search = make_search("grid", 4, a={"values": [1, 2, 3]}, b={"values": [True, False]})
+        assert search_size(search) == 6
+        assert trial_budget(search) == 4
+
+    def test_budget_is_grid_size_when_smaller(self):
+        assert trial_budget(make_search("grid", 50, a={"values": [1, 2, 3]})) == 3
+
+    def test_past_the_end_is_an_error(self):
+        with pytest.raises(ValueError, match="past the end of the grid"):
+            propose(make_search("grid", 10, a={"values": [1, 2]}), [], 3)
+
+    def test_ranges_step_int_and_log(self):
+        search = make_search(
+            "grid", 1000,
+            s={"min": 0, "max": 1, "step": 0.25},
+            i={"type": "int", "min": 1, "max": 3},
+            lg={"min": 0.01, "max": 100, "distribution": "logUniform"},
+        )
+        values = {name: sorted({propose(search, [], k)[name] for k in range(1, search_size(search) + 1)})
+                  for name in ("s", "i", "lg")}
+        assert values["s"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert values["i"] == [1, 2, 3]
+        assert values["lg"] == [0.01, 0.1, 1.0, 10.0, 100.0]
+        assert search_size(search) == 5 * 3 * 5
+
+    def test_empty_space_is_one_trial(self):
+        assert search_size(make_search("grid", 5)) == 1
+        assert propose(make_search("grid", 5), [], 1) == {}
+
+
+class TestRandom:
+    def test_reproducible_and_independent_of_history(self):
+        search = make_search("random", seed=3, **MIXED)
+        first = [propose(search, [], i) for i in range(1, 11)]
+        again = [propose(search, [({"C": 1.0}, 0.5)], i) for i in range(1, 11)]
+        assert first == again
+        for params in first:
+            check_in_space(params)
+
+    def test_seed_and_index_change_the_proposal(self):
+        a = make_search("random", seed=1, **MIXED)
+        b = make_search("random", seed=2, **MIXED)
+        assert propose(a, [], 1) != propose(a, [], 2)
+        assert propose(a, [], 1) != propose(b, [], 1)
+
+    def test_log_uniform_covers_the_decades(self):
+        search = make_search("random", seed=0, C={"min": 0.001, "max": 1000, "distribution": "logUniform"})
+        decades = {math.floor(math.log10(propose(search, [], i)["C"])) for i in range(1, 200)}
+        assert decades >= {-3, -2, -1, 0, 1, 2}
+
+    def test_int_range_reaches_both_ends(self):
+        search = make_search("random", seed=0, n={"type": "int", "min": 1, "max": 3})
+        assert {propose(search, [], i)["n"] for i in range(1, 100)} == {1, 2, 3}
+
+    def test_index_starts_at_one(self):
+        with pytest.raises(ValueError):
+            propose(make_search("random", **MIXED), [], 0)
+
+
+def objective(params: dict) -> float:
+    """A smooth function with its maximum at x = 0.7."""
+    return -((params["x"] - 0.7) ** 2)
+
+
+class TestBayesian:
+    def run(self, seed: int, trials: int = 14) -> list[tuple[dict, float]]:
+        search = make_search("bayesian", max_trials=trials, seed=seed, x={"min": 0.0, "max": 1.0})
+        history: list[tuple[dict, float]] = []
+        for i in range(1, trials + 1):
+            params = propose(search, history, i)
+            history.append((params, objective(params)))
+        return history
+
+    def test_deterministic(self):
+        assert self.run(seed=5, trials=7) == self.run(seed=5, trials=7)
+
+    def test_first_trials_are_random(self):
+        search = make_search("bayesian", seed=5, x={"min": 0.0, "max": 1.0})
+        random = make_search("random", seed=5, x={"min": 0.0, "max": 1.0})
+        history = [({"x": 0.1}, -0.36), ({"x": 0.9}, -0.04)]
+        for i in range(1, search.initial_random_trials + 1):
+            assert propose(search, history, i) == propose(random, history, i)
+
+    def test_model_finds_the_optimum_better_than_chance(self):
+        history = self.run(seed=11)
+        best_model = max(value for _, value in history[3:])
+        best_random_start = max(value for _, value in history[:3])
+        assert best_model >= best_random_start
+        assert best_model > -0.01  # within 0.1 of the optimum x = 0.7
+
+    def test_minimize_uses_the_other_end(self):
+        search = make_search("bayesian", seed=0, x={"min": 0.0, "max": 1.0})
+        search = search.model_copy(update={"initial_random_trials": 1})
+        history = [({"x": 0.0}, 0.0), ({"x": 0.5}, 0.5), ({"x": 1.0}, 1.0)]
+        assert propose(search, history, 4, maximize=True)["x"] > 0.5
+        assert propose(search, history, 4, maximize=False)["x"] < 0.5
+
+    def test_mixed_space_stays_in_space_and_avoids_repeats(self):
+        search = make_search("bayesian", seed=2, **MIXED)
+        history: list[tuple[dict, float]] = []
+        for i in range(1, 10):
+            params = propose(search, history, i)
+            check_in_space(params)
+            assert params not in [p for p, _ in history]
+            history.append((params, -abs(math.log10(params["C"])) + (params["kernel"] == "rbf")))
