@@ -10,8 +10,10 @@ Services, ConfigMaps, Secrets, Pods, Events, Namespaces, CRDs, ...).
 kmock keeps objects as plain JSON: no resourceVersion, no generation, no garbage
 collection, no schema; a patch is a naive merge (see /work/shared/TEST_SERVERS.md). This
 subclass adds what our adapters need from a server and is cheap to emulate honestly:
-label selectors on list and watch, and PUT (replace; status kept for kinds with a status
-subresource). Semantics it lacks belong to the tests of the in-memory cluster.
+what every API server stamps on create (`uid`, which owner references need;
+`creationTimestamp`; a `resourceVersion`, which kopf's patches test and which never
+changes here), label selectors on list and watch, and PUT (replace; status kept for kinds
+with a status subresource). Semantics it lacks belong to the tests of the in-memory cluster.
 
 kmock 0.8 cannot parse `/api/v1/namespaces` and `/api/v1/namespaces/<name>` as paths of
 the `namespaces` resource (it reads "namespaces" as the start of a namespaced path and
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import attrs
@@ -65,9 +69,16 @@ def _selected(request: rendering.Request, obj: Any) -> bool:
 
 @attrs.define(kw_only=True)
 class SelectingEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus `?labelSelector=` on list and watch, and PUT as a full replace."""
+    """kmock's emulator plus metadata stamped on create, `?labelSelector=` on list and
+    watch, and PUT as a full replace."""
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
+            meta = dict(request.data.get("metadata") or {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("resourceVersion", "1")
+            request = self._rewrite(request, data={**request.data, "metadata": meta})
         if request.resource is not None and request.method == enums.method.PUT and request.name:
             key = (request.resource, request.namespace, request.name)
             async with self._lock:
@@ -77,11 +88,14 @@ class SelectingEmulator(kmock.KubernetesEmulator):
                 request.data, dict) else request.data
             if isinstance(patch, dict) and request.subresource is None and _has_status(request.resource):
                 patch.pop("status", None)  # as the API: status is written only through /status
-            replaced = attrs.evolve(request, action=enums.action.UPDATE, data=patch)
-            # kmock routes a request by its identity in the log of requests: log the rewritten one.
-            self._requests[:] = [replaced if r is request else r for r in self._requests]
-            request = replaced
+            request = self._rewrite(request, action=enums.action.UPDATE, data=patch)
         return await super()._handle(request)
+
+    def _rewrite(self, request: rendering.Request, **changes: Any) -> rendering.Request:
+        replaced = attrs.evolve(request, **changes)
+        # kmock routes a request by its identity in the log of requests: log the rewritten one.
+        self._requests[:] = [replaced if r is request else r for r in self._requests]
+        return replaced
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         result: Any = await super()._serve_list(request)

@@ -12,15 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import attrs
 import pytest
 import yaml
-from kmock._internal import enums
 
 from mlops_operator.cluster.kubernetes import KubernetesCluster
 from mlops_operator.cluster.port import NotFound
@@ -35,26 +32,6 @@ T = TypeVar("T")
 
 @pytest.fixture
 def emulator(k8s_emulator: Any) -> Any:
-    """The emulator of tests/operator/conftest.py, plus what every API server sets on create:
-    `metadata.uid` (owner references need it), `creationTimestamp`, and a `resourceVersion`
-    (kopf's patches test it; the emulator never changes it, so those tests always hold)."""
-    base = type(k8s_emulator.handler)
-
-    @attrs.define(kw_only=True)
-    class UidEmulator(base):  # type: ignore[valid-type,misc]
-        async def _handle(self, request: Any) -> Any:
-            if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
-                meta = dict(request.data.get("metadata") or {})
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-                meta.setdefault("resourceVersion", "1")
-                replaced = attrs.evolve(request, data={**request.data, "metadata": meta})
-                self._requests[:] = [replaced if r is request else r for r in self._requests]
-                request = replaced
-            return await super()._handle(request)
-
-    # Same slots, one more method: the running emulator takes the subclass in place.
-    k8s_emulator.handler.__class__ = UidEmulator
     return k8s_emulator
 
 

@@ -99,7 +99,15 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def weed_command(weed: str, data_dir: Path, host: str, ports: "ServerPorts") -> list[str]:
+@dataclass(frozen=True)
+class ServerPorts:
+    s3: int
+    master: int
+    volume: int
+    filer: int
+
+
+def weed_command(weed: str, data_dir: Path, host: str, ports: ServerPorts) -> list[str]:
     return [
         weed,
         "server",
@@ -119,14 +127,6 @@ def weed_command(weed: str, data_dir: Path, host: str, ports: "ServerPorts") -> 
         "-master.volumeSizeLimitMB=64",
         "-volume.max=0",
     ]
-
-
-@dataclass(frozen=True)
-class ServerPorts:
-    s3: int
-    master: int
-    volume: int
-    filer: int
 
 
 class SeaweedServer:

@@ -1,0 +1,107 @@
+"""When is the local instance done, and did anything fail? A pure judgement over objects.
+
+Settled: every Experiment Succeeded or Failed, every TrainingRun Succeeded or Failed, every
+ModelVersion Validated or Rejected, every InferenceService Stable, Promoted, RolledBack or
+Failed; every status current (its observedGeneration is the object's generation, where the
+status carries one); every Deployment rolled out and ready, every Job finished.
+
+Deployments of a Failed InferenceService are not waited for.
+
+Failed: an Experiment or InferenceService in phase Failed, a TrainingRun that failed on its
+own (trials of an Experiment are judged by their Experiment, which tolerates up to
+`maxFailedTrials`), or a Job of no TrainingRun that failed. Not failures: a Rejected
+ModelVersion (its gates did their job) and a RolledBack challenger (the canary did its job;
+the champion still serves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlops_operator.local.executor import MAX_REPLICAS
+
+Obj = Mapping[str, Any]
+TERMINAL_PHASES = {
+    "Experiment": {"Succeeded", "Failed"},
+    "TrainingRun": {"Succeeded", "Failed"},
+    "ModelVersion": {"Validated", "Rejected"},
+    "InferenceService": {"Stable", "Promoted", "RolledBack", "Failed"},
+}
+INFERENCE_SERVICE_LABEL = "mlops.seed.io/inferenceservice"
+FAILED_PHASES = {"Experiment": {"Failed"}, "TrainingRun": {"Failed"}, "InferenceService": {"Failed"}}
+
+
+@dataclass(frozen=True)
+class Settlement:
+    settled: bool
+    failed: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+
+
+def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Obj] = ()) -> Settlement:
+    failed: list[str] = []
+    waiting: list[str] = []
+    given_up: set[tuple[str, str]] = set()
+    for obj in objects:
+        kind = str(obj.get("kind"))
+        if kind not in TERMINAL_PHASES:
+            continue
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        name = f"{kind} {meta.get('namespace', 'default')}/{meta.get('name')}"
+        phase = status.get("phase")
+        observed = status.get("observedGeneration")
+        if phase not in TERMINAL_PHASES[kind] or (observed is not None and observed != meta.get("generation")):
+            waiting.append(f"{name} ({phase or 'no status yet'})")
+            continue
+        if kind == "InferenceService" and phase == "Failed":
+            given_up.add((str(meta.get("namespace", "default")), str(meta.get("name"))))
+        if phase in FAILED_PHASES.get(kind, ()) and not (kind == "TrainingRun" and _is_trial(obj)):
+            failed.append(f"{name}: {phase}: {status.get('message') or status.get('failureReason') or ''}".rstrip(": "))
+    for deployment in deployments:
+        meta = deployment.get("metadata") or {}
+        service = (meta.get("labels") or {}).get(INFERENCE_SERVICE_LABEL)
+        if (str(meta.get("namespace", "default")), str(service)) in given_up:
+            continue
+        if not deployment_ready(deployment):
+            waiting.append(f"Deployment {meta.get('namespace', 'default')}/{meta.get('name')} (not ready)")
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        name = f"Job {meta.get('namespace', 'default')}/{meta.get('name')}"
+        finish = _job_finish(job)
+        if finish is None:
+            waiting.append(f"{name} (running)")
+        elif finish == "Failed" and not any(ref.get("kind") == "TrainingRun"
+                                            for ref in meta.get("ownerReferences") or []):
+            failed.append(f"{name}: Failed")
+    return Settlement(settled=not waiting, failed=failed, waiting=waiting)
+
+
+def _job_finish(job: Obj) -> str | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return None
+
+
+def _is_trial(obj: Obj) -> bool:
+    spec = obj.get("spec") or {}
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(spec.get("experiment")) or any(ref.get("kind") == "Experiment" for ref in owners)
+
+
+def deployment_ready(deployment: Obj) -> bool:
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    wanted = min(int(spec.get("replicas", 1)), MAX_REPLICAS)
+    generation = (deployment.get("metadata") or {}).get("generation")
+    # As kstatus judges a rollout complete: the new pods are all there, ready, and the old
+    # ones are gone.
+    return (
+        status.get("observedGeneration") == generation
+        and int(status.get("replicas") or 0) == wanted
+        and int(status.get("readyReplicas") or 0) >= wanted
+        and int(status.get("updatedReplicas") or 0) >= wanted
+    )

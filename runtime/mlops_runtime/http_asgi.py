@@ -1,0 +1,162 @@
+"""The few ASGI building blocks the model server and the router share.
+
+Both are raw ASGI applications on uvicorn (httptools + uvloop): no framework sits on the
+request path, so each request costs one body read, one orjson call and one response.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+
+
+class HttpError(Exception):
+    """A request the server refuses, with the status and the message the client sees."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (names arrive lower-cased from uvicorn)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's `x-request-id` when it is usable, else a fresh one."""
+    given = header(scope, REQUEST_ID_HEADER)
+    if given:
+        text = given.decode("latin-1").strip()
+        if 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
+            return text
+    return new_request_id()
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise HttpError(413, f"request body is over the limit of {limit} bytes")
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise HttpError(400, "request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise HttpError(400, f"request body is not valid JSON: {error}") from None
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    headers = [(b"content-type", content_type), *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(
+    send: Send,
+    status: int,
+    payload: Any,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await respond(send, status, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), JSON, extra_headers)
+
+
+def error_body(status: int, message: str, request_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message, "status": status}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+async def lifespan(receive: Receive, send: Send, startup: Callable[[], Awaitable[None]],
+                   shutdown: Callable[[], Awaitable[None]]) -> None:
+    """The ASGI lifespan protocol: run `startup` before serving and `shutdown` after."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as error:  # uvicorn reports it and exits non-zero
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_uvicorn(app: Any, host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve `app` (an ASGI app, or an import string when `workers` > 1) with the fast stack."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        workers=workers if workers > 1 else None,
+        factory=workers > 1,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+        backlog=int(os.environ.get("MLOPS_LISTEN_BACKLOG", "2048")),
+    )

@@ -1,0 +1,533 @@
+"""One model version as the server sees it: its signature, the checks that turn a request's
+instances into arrays the model takes, and the two ways to run it (scikit-learn or ONNX Runtime).
+
+Speed never comes from changing the model: the ONNX form is served only when it answers like the
+scikit-learn form on a probe batch here too (labels identical, probabilities within 1e-4), and
+requests the ONNX form cannot take (missing values) go to the scikit-learn form.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+PROBABILITY_TOLERANCE = 1e-4
+
+V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+V2_TYPES = V2_NUMERIC_TYPES | {"BYTES", "BOOL"}
+
+
+class InputError(ValueError):
+    """A request whose instances do not fit the model's signature; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str = NUMERIC
+    dtype: str = "float64"
+    categories: tuple[Any, ...] = ()
+
+    @property
+    def numeric_categories(self) -> bool:
+        return bool(self.categories) and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.categories
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    task: str
+    target: str
+    features: tuple[Feature, ...]
+    classes: tuple[Any, ...] = ()
+    names: tuple[str, ...] = field(init=False)
+    all_numeric: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(f.name for f in self.features))
+        object.__setattr__(self, "all_numeric", all(f.kind == NUMERIC for f in self.features))
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Signature:
+        try:
+            task = doc["task"]
+            features = tuple(
+                Feature(
+                    name=str(f["name"]),
+                    kind=f.get("kind", NUMERIC),
+                    dtype=str(f.get("dtype", "float64")),
+                    categories=tuple(f.get("categories") or ()),
+                )
+                for f in doc["features"]
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"signature.json is malformed: missing or wrong field {error}") from None
+        if task not in (CLASSIFICATION, REGRESSION):
+            raise ValueError(f"signature.json: task must be classification or regression, got {task!r}")
+        if not features:
+            raise ValueError("signature.json lists no features")
+        for feature in features:
+            if feature.kind not in (NUMERIC, CATEGORICAL):
+                raise ValueError(f"signature.json: feature {feature.name!r} has unknown kind {feature.kind!r}")
+        return cls(task=task, target=str(doc.get("target", "target")), features=features,
+                   classes=tuple(doc.get("classes") or ()))
+
+    @classmethod
+    def from_model(cls, model: Any) -> Signature:
+        """A numeric-only signature read off a fitted estimator, for artifacts saved without one."""
+        names = getattr(model, "feature_names_in_", None)
+        count = int(getattr(model, "n_features_in_", 0) or (len(names) if names is not None else 0))
+        if not count:
+            raise ValueError("signature.json is missing and the model does not say how many features it takes")
+        feature_names = [str(n) for n in names] if names is not None else [f"x{i}" for i in range(count)]
+        classes = getattr(model, "classes_", None)
+        task = CLASSIFICATION if classes is not None else REGRESSION
+        return cls(task=task, target="target", features=tuple(Feature(n) for n in feature_names),
+                   classes=tuple(np.asarray(classes).tolist()) if classes is not None else ())
+
+    def describe(self) -> str:
+        return ", ".join(self.names)
+
+
+@dataclass
+class Batch:
+    """Validated instances. `matrix` is set (float64, rows x features) when every feature is
+    numeric; `columns` holds one array per feature in signature order either way."""
+
+    rows: int
+    columns: list[np.ndarray]
+    matrix: np.ndarray | None = None
+
+    @classmethod
+    def of_matrix(cls, matrix: np.ndarray) -> Batch:
+        return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
+
+    def has_missing(self, signature: Signature) -> tuple[int, str] | None:
+        """(row, feature) of the first missing value, or None."""
+        if self.matrix is not None:
+            if not np.isnan(self.matrix.sum()):
+                return None
+            row, col = np.argwhere(np.isnan(self.matrix))[0]
+            return int(row), signature.names[int(col)]
+        for feature, column in zip(signature.features, self.columns):
+            if feature.kind == NUMERIC:
+                missing = np.isnan(column)
+            else:
+                missing = np.fromiter((v is None for v in column), dtype=bool, count=len(column))
+            if missing.any():
+                return int(np.argmax(missing)), feature.name
+        return None
+
+
+# -- request instances -> Batch ----------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _numeric_value(value: Any, where: str, feature: Feature) -> float:
+    if value is None:
+        return math.nan
+    if not isinstance(value, (int, float)):  # JSON true/false count as 1/0, as numpy reads them
+        raise InputError(f"{where}: feature {feature.name!r} must be a number, got {_type_name(value)} {value!r:.40}")
+    return float(value)
+
+
+def _categorical_value(value: Any, where: str, feature: Feature) -> Any:
+    if value is None:
+        return None
+    if feature.numeric_categories:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise InputError(f"{where}: feature {feature.name!r} must be one of its categories, "
+                             f"got {_type_name(value)}")
+        return value
+    if not isinstance(value, str):
+        raise InputError(f"{where}: categorical feature {feature.name!r} must be a string, "
+                         f"got {_type_name(value)} {value!r:.40}")
+    return value
+
+
+def _columns_from_rows(rows: list[list[Any]], signature: Signature, where: str) -> list[np.ndarray]:
+    columns: list[np.ndarray] = []
+    for j, feature in enumerate(signature.features):
+        if feature.kind == NUMERIC:
+            columns.append(np.array([_numeric_value(r[j], f"{where}[{i}]", feature) for i, r in enumerate(rows)],
+                                    dtype=np.float64))
+        else:
+            columns.append(np.array([_categorical_value(r[j], f"{where}[{i}]", feature) for i, r in enumerate(rows)],
+                                    dtype=object))
+    return columns
+
+
+def _row_of_record(record: dict[str, Any], signature: Signature, where: str) -> list[Any]:
+    try:
+        return [record[name] for name in signature.names]
+    except KeyError:
+        missing = [n for n in signature.names if n not in record]
+        raise InputError(f"{where}: missing feature(s) {', '.join(map(repr, missing))}; "
+                         f"the model takes {signature.describe()}") from None
+
+
+def _check_rows(rows: list[Any], signature: Signature, where: str) -> list[list[Any]]:
+    width = len(signature.features)
+    checked: list[list[Any]] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            values = _row_of_record(row, signature, f"{where}[{i}]")
+            if len(row) != width:
+                unknown = [k for k in row if k not in signature.names]
+                raise InputError(f"{where}[{i}]: unknown feature(s) {', '.join(map(repr, unknown))}; "
+                                 f"the model takes {signature.describe()}")
+            checked.append(values)
+        elif isinstance(row, list):
+            if len(row) != width:
+                raise InputError(f"{where}[{i}]: expected {width} values ({signature.describe()}), got {len(row)}")
+            checked.append(row)
+        else:
+            raise InputError(f"{where}[{i}]: each instance must be a list of values or an object keyed by "
+                             f"feature name, got {_type_name(row)}")
+    return checked
+
+
+def batch_from_instances(instances: Any, signature: Signature, where: str = "instances") -> Batch:
+    """Rows (lists in signature order) or records (objects keyed by feature name) -> Batch."""
+    if not isinstance(instances, list):
+        raise InputError(f"{where} must be a list of instances, got {_type_name(instances)}")
+    if not instances:
+        raise InputError(f"{where} is empty; send at least one instance")
+    if signature.all_numeric and isinstance(instances[0], list):
+        try:
+            matrix = np.asarray(instances)
+        except ValueError:
+            matrix = None  # ragged rows: the slow path below names the bad one
+        if (matrix is not None and matrix.ndim == 2 and matrix.dtype.kind in "fi"
+                and matrix.shape[1] == len(signature.features)):
+            return Batch.of_matrix(matrix.astype(np.float64, copy=False))
+    rows = _check_rows(instances, signature, where)
+    columns = _columns_from_rows(rows, signature, where)
+    if signature.all_numeric:
+        return Batch.of_matrix(np.column_stack(columns))
+    return Batch(rows=len(rows), columns=columns)
+
+
+def batch_from_v2_inputs(inputs: Any, signature: Signature) -> Batch:
+    """Open Inference Protocol `inputs`: one 2-D tensor [rows, features], or one 1-D tensor per
+    feature named after it."""
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("inputs must be a non-empty list of tensors")
+    for k, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or "data" not in tensor or "shape" not in tensor:
+            raise InputError(f"inputs[{k}] must be an object with name, shape, datatype and data")
+        datatype = tensor.get("datatype", "FP64")
+        if datatype not in V2_TYPES:
+            raise InputError(f"inputs[{k}]: unknown datatype {datatype!r}")
+        shape = tensor["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InputError(f"inputs[{k}]: shape must be a list of non-negative integers")
+    names = [t.get("name") for t in inputs]
+    if set(names) & set(signature.names):
+        return _batch_from_v2_columns(inputs, signature)
+    if len(inputs) != 1:
+        raise InputError(f"send one 2-D tensor of all features, or one tensor per feature named "
+                         f"{signature.describe()}; got tensors {names}")
+    return _batch_from_v2_matrix(inputs[0], signature)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return [v for part in data for v in _flatten(part)]
+    return data if isinstance(data, list) else [data]
+
+
+def _batch_from_v2_matrix(tensor: dict[str, Any], signature: Signature) -> Batch:
+    shape, width = tensor["shape"], len(signature.features)
+    if len(shape) == 1 and shape[0] == width:
+        shape = [1, width]
+    if len(shape) != 2:
+        raise InputError(f"inputs[0]: expected shape [rows, {width}], got {shape}")
+    if shape[1] != width:
+        raise InputError(f"inputs[0]: expected {width} features ({signature.describe()}), got shape {shape}")
+    if shape[0] == 0:
+        raise InputError("inputs[0] is empty; send at least one row")
+    data = tensor["data"]
+    if signature.all_numeric and tensor.get("datatype", "FP64") in V2_NUMERIC_TYPES:
+        try:
+            matrix = np.asarray(data)
+        except ValueError:
+            matrix = None
+        if matrix is not None and matrix.dtype.kind in "fi" and matrix.size == shape[0] * width:
+            return Batch.of_matrix(matrix.astype(np.float64, copy=False).reshape(shape[0], width))
+    flat = _flatten(data)
+    if len(flat) != shape[0] * width:
+        raise InputError(f"inputs[0]: shape {shape} needs {shape[0] * width} values, got {len(flat)}")
+    rows = [flat[i * width:(i + 1) * width] for i in range(shape[0])]
+    return batch_from_instances(rows, signature, where="inputs[0]")
+
+
+def _batch_from_v2_columns(inputs: list[dict[str, Any]], signature: Signature) -> Batch:
+    by_name = {t.get("name"): t for t in inputs}
+    missing = [n for n in signature.names if n not in by_name]
+    unknown = [n for n in by_name if n not in signature.names]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing feature tensor(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown tensor(s) {', '.join(map(repr, unknown))}")
+        raise InputError(f"{'; '.join(parts)}; the model takes {signature.describe()}")
+    lengths = set()
+    values_by_feature = []
+    for feature in signature.features:
+        values = _flatten(by_name[feature.name]["data"])
+        lengths.add(len(values))
+        values_by_feature.append(values)
+    if len(lengths) != 1:
+        raise InputError(f"feature tensors have different lengths {sorted(lengths)}; each needs one value per row")
+    rows = list(zip(*values_by_feature))
+    if not rows:
+        raise InputError("inputs are empty; send at least one row")
+    columns = _columns_from_rows([list(r) for r in rows], signature, "inputs")
+    if signature.all_numeric:
+        return Batch.of_matrix(np.column_stack(columns))
+    return Batch(rows=len(rows), columns=columns)
+
+
+# -- running the model ------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray                 # class labels (classification) or values (regression)
+    probabilities: np.ndarray | None   # rows x classes, in `classes` order
+
+
+class Predictor(Protocol):
+    backend: str
+
+    def predict(self, batch: Batch) -> Prediction: ...
+
+
+def _final_step(model: Any) -> Any:
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
+
+
+def _predict_is_argmax_of_proba(model: Any) -> bool:
+    """True where scikit-learn's own `predict` is `classes_.take(argmax(predict_proba(X)))` on
+    the same input (forests with one output), so deriving labels from the probabilities gives
+    the same labels by construction. Other estimators decide differently (a decision function,
+    a threshold) and are asked for both."""
+    from sklearn.ensemble._forest import ForestClassifier
+
+    final = _final_step(model)
+    return isinstance(final, ForestClassifier) and getattr(final, "n_outputs_", 1) == 1
+
+
+class SklearnPredictor:
+    """The scikit-learn form; fed a float matrix when the model takes one, else a DataFrame."""
+
+    backend = "sklearn"
+
+    def __init__(self, model: Any, signature: Signature, use_frame: bool) -> None:
+        self.model = model
+        self.signature = signature
+        self.use_frame = use_frame
+        self.final = _final_step(model)
+        self.has_proba = signature.task == CLASSIFICATION and hasattr(model, "predict_proba")
+        self.labels_from_proba = self.has_proba and _predict_is_argmax_of_proba(model)
+
+    def _input(self, batch: Batch) -> Any:
+        if not self.use_frame and batch.matrix is not None:
+            return batch.matrix
+        import pandas as pd
+
+        return pd.DataFrame({name: column for name, column in zip(self.signature.names, batch.columns)})
+
+    def predict(self, batch: Batch) -> Prediction:
+        x = self._input(batch)
+        if self.labels_from_proba:  # one pass over the trees instead of two
+            probabilities = np.asarray(self.model.predict_proba(x))
+            return Prediction(labels=self.final.classes_.take(np.argmax(probabilities, axis=1), axis=0),
+                              probabilities=probabilities)
+        labels = np.asarray(self.model.predict(x))
+        probabilities = np.asarray(self.model.predict_proba(x)) if self.has_proba else None
+        return Prediction(labels=labels, probabilities=probabilities)
+
+
+class OnnxPredictor:
+    """The ONNX form through ONNX Runtime (one intra-op thread, sequential execution)."""
+
+    backend = "onnx"
+
+    def __init__(self, data: bytes, signature: Signature) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.signature = signature
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.input_types = [i.type for i in inputs]
+        self.per_feature = len(inputs) > 1 or (len(inputs) == 1 and inputs[0].name in signature.names
+                                               and len(signature.features) == 1)
+        if self.per_feature:
+            unknown = [n for n in self.input_names if n not in signature.names]
+            if unknown:
+                raise ValueError(f"ONNX inputs {unknown} are not features of the signature")
+            self.input_positions = [signature.names.index(n) for n in self.input_names]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = outputs
+        self.classes = np.asarray(signature.classes) if signature.classes else None
+
+    @staticmethod
+    def _cast(column: np.ndarray, onnx_type: str) -> np.ndarray:
+        if onnx_type == "tensor(string)":
+            return column.astype(str).astype(object).reshape(-1, 1)
+        if onnx_type == "tensor(double)":
+            return column.astype(np.float64).reshape(-1, 1)
+        if onnx_type == "tensor(int64)":
+            return column.astype(np.int64).reshape(-1, 1)
+        return column.astype(np.float32).reshape(-1, 1)
+
+    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        if self.per_feature:
+            return {name: self._cast(batch.columns[pos], kind)
+                    for name, pos, kind in zip(self.input_names, self.input_positions, self.input_types)}
+        if batch.matrix is None:
+            raise ValueError("this ONNX model takes one numeric matrix but the signature has categorical features")
+        dtype = np.float64 if self.input_types[0] == "tensor(double)" else np.float32
+        return {self.input_names[0]: batch.matrix.astype(dtype)}
+
+    def predict(self, batch: Batch) -> Prediction:
+        outputs = self.session.run(None, self._feeds(batch))
+        labels = np.asarray(outputs[0]).reshape(batch.rows) if len(outputs) else None
+        if self.signature.task == REGRESSION:
+            return Prediction(labels=np.asarray(outputs[0], dtype=np.float64).reshape(batch.rows), probabilities=None)
+        probabilities = None
+        if len(outputs) > 1:
+            raw = outputs[1]
+            if isinstance(raw, list):  # zipmap: one {class: probability} dict per row
+                order = list(self.classes) if self.classes is not None else list(raw[0].keys())
+                probabilities = np.array([[row[c] for c in order] for row in raw], dtype=np.float64)
+            else:
+                probabilities = np.asarray(raw, dtype=np.float64)
+        return Prediction(labels=labels, probabilities=probabilities)
+
+
+# -- probing what a fitted model takes --------------------------------------------------------
+
+
+def probe_batch(signature: Signature, baseline: dict[str, Any] | None, rows: int = 8) -> Batch:
+    """A small, plausible batch built from the baseline's quantiles and categories (or zeros)."""
+    by_name = {f.get("name"): f for f in (baseline or {}).get("features", [])}
+    columns: list[np.ndarray] = []
+    for feature in signature.features:
+        stats = by_name.get(feature.name, {})
+        if feature.kind == NUMERIC:
+            sample = stats.get("sample") or []
+            if sample:
+                picks = np.quantile(np.asarray(sample, dtype=np.float64), np.linspace(0.05, 0.95, rows))
+            else:
+                mean, std = float(stats.get("mean", 0.0) or 0.0), float(stats.get("std", 1.0) or 1.0)
+                picks = mean + std * np.linspace(-1.5, 1.5, rows)
+            columns.append(np.asarray(picks, dtype=np.float64))
+        else:
+            categories = list(stats.get("categories") or feature.categories) or ["a"]
+            columns.append(np.array([categories[i % len(categories)] for i in range(rows)], dtype=object))
+    if signature.all_numeric:
+        return Batch.of_matrix(np.column_stack(columns))
+    return Batch(rows=rows, columns=columns)
+
+
+def with_missing(batch: Batch, signature: Signature) -> Batch:
+    """The same batch with every value of its first row missing."""
+    columns = []
+    for feature, column in zip(signature.features, batch.columns):
+        copy = column.copy()
+        copy[0] = math.nan if feature.kind == NUMERIC else None
+        columns.append(copy)
+    if batch.matrix is not None:
+        return Batch.of_matrix(np.column_stack(columns))
+    return Batch(rows=batch.rows, columns=columns)
+
+
+def sklearn_predictor(model: Any, signature: Signature, probe: Batch) -> SklearnPredictor:
+    """Feed a plain float matrix when the model accepts one (fastest), else a DataFrame."""
+    if signature.all_numeric:
+        candidate = SklearnPredictor(model, signature, use_frame=False)
+        try:
+            candidate.predict(probe)
+            return candidate
+        except Exception:  # a ColumnTransformer selecting columns by name needs a DataFrame
+            pass
+    frame = SklearnPredictor(model, signature, use_frame=True)
+    frame.predict(probe)
+    return frame
+
+
+def accepts_missing(predictor: SklearnPredictor, probe: Batch, signature: Signature) -> bool:
+    import sklearn
+
+    with sklearn.config_context(assume_finite=False):
+        try:
+            predictor.predict(with_missing(probe, signature))
+        except (ValueError, TypeError):
+            return False
+    return True
+
+
+def parity_problem(reference: Prediction, candidate: Prediction, task: str) -> str | None:
+    """Why `candidate` does not answer like `reference` on the probe batch, or None."""
+    if task == REGRESSION:
+        if not np.allclose(reference.labels.astype(np.float64), candidate.labels, rtol=1e-4, atol=1e-4):
+            return "ONNX regression outputs differ from scikit-learn's by more than 1e-4"
+        return None
+    if reference.labels.tolist() != candidate.labels.tolist():
+        return "ONNX labels differ from scikit-learn's on the probe batch"
+    if reference.probabilities is not None:
+        if candidate.probabilities is None or candidate.probabilities.shape != reference.probabilities.shape:
+            return "ONNX model has no class probabilities matching scikit-learn's"
+        gap = float(np.max(np.abs(candidate.probabilities - reference.probabilities)))
+        if gap > PROBABILITY_TOLERANCE:
+            return f"ONNX probabilities differ from scikit-learn's by {gap:.2e} (> {PROBABILITY_TOLERANCE})"
+    return None
+
+
+def quiet_sklearn() -> None:
+    """The server checks inputs itself (types, missing values), so scikit-learn's per-call
+    finiteness check and the feature-name warning for matrix input are skipped."""
+    import sklearn
+
+    sklearn.set_config(assume_finite=True)  # thread-local: call it in the thread that predicts
+    quiet_sklearn_warnings()
+
+
+def quiet_sklearn_warnings() -> None:
+    warnings.filterwarnings("ignore", message="X does not have valid feature names")
+    warnings.filterwarnings("ignore", message=".*fitted without feature names")

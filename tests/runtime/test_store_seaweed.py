@@ -1,0 +1,40 @@
+"""The embedded SeaweedFS launcher that local mode and the test fixture use."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+
+from mlops_operator.local.seaweed import GRPC_OFFSET, SeaweedServer, pick_ports, pid_alive, s3_answers
+
+
+def test_ports_come_with_a_free_grpc_twin():
+    ports = pick_ports(4, rng=random.Random(1))
+    assert len(set(ports)) == 4
+    twins = {p + GRPC_OFFSET for p in ports}
+    assert not twins & set(ports)
+    for port in [*ports, *twins]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free: binds
+
+
+@pytest.mark.skipif(__import__("os").environ.get("AWS_ENDPOINT_URL") is not None,
+                    reason="an external S3 server is configured; not starting SeaweedFS")
+def test_start_attach_from_pid_file_and_stop(tmp_path):
+    pid_file = tmp_path / "state" / "weed.json"
+    server = SeaweedServer(tmp_path / "data", pid_file=pid_file).start(timeout=30)
+    endpoint = server.endpoint
+    try:
+        assert s3_answers(server.endpoint) and pid_alive(server.pid)
+        attached = SeaweedServer.attach(pid_file)
+        assert attached is not None
+        assert (attached.pid, attached.endpoint) == (server.pid, server.endpoint)
+        attached.stop(grace=1)  # by pid, from a handle that did not start it: SIGTERM, then SIGKILL
+        assert not pid_alive(server.pid)
+        assert not pid_file.exists()
+        assert SeaweedServer.attach(pid_file) is None
+    finally:
+        server.stop(grace=1)
+    assert not s3_answers(endpoint)
