@@ -4,8 +4,9 @@ Every kind has one reconcile function, registered for resume, create and update 
 timer (which also honours the plans' `requeue_after`), that runs
 `controllers.<kind>.sync(cluster, object, now)`; everything it decides is in `reconcile/`
 and everything it writes goes through `cluster.apply.apply_plan`. Events of
-children (Jobs, their Pods, Deployments, TrainingRuns of an Experiment, InferenceServices
-for the ModelVersions they serve) wake their parent at once instead of at the next tick.
+children (Jobs, their Pods, Deployments, TrainingRuns and retrains of an Experiment,
+InferenceServices for the ModelVersions they serve) wake their parent at once instead of at
+the next tick.
 
 Syncs of one object never overlap: a per-object lock serialises the handler and the
 wake-ups from children (kopf already runs one handler at a time per object; the wake-ups
@@ -41,6 +42,7 @@ from .reconcile.common import (
     is_invalid_spec,
 )
 from .reconcile.plan import Plan
+from .reconcile.retrain import RETRAIN_OF_LABEL
 
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/finalizer"
@@ -210,6 +212,13 @@ def service_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **
                 reconcile_object("ModelVersion", mv, memo)
             except Exception as error:
                 logger.warning("waking ModelVersion %s failed: %s", name, error)
+
+
+@kopf.on.event(GROUP, VERSION, "experiments", labels={RETRAIN_OF_LABEL: kopf.PRESENT})
+def retrain_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """A parent Experiment records its retrains' outcome and may start the next one."""
+    if body.get("status"):
+        _wake("Experiment", body.metadata.namespace, body.metadata.labels[RETRAIN_OF_LABEL], memo, logger)
 
 
 @kopf.on.event(GROUP, VERSION, "experiments")

@@ -2,127 +2,40 @@
 
 `mlops run` runs in its own process with a kubeconfig that points at the emulator, as it
 would against a cluster. The test plays the Deployment controller (it marks Deployments
-ready) and the data plane: `spec.rollout.analysis.prometheusUrl` points at a small HTTP
+ready) and the data plane: `spec.rollout.analysis.prometheusURL` points at a small HTTP
 server that answers the Prometheus query API with counters of a deterministic traffic
 world, split by the weights in the router ConfigMap the operator wrote. Waits poll with a
 deadline; nothing sleeps for a fixed time."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import attrs
 import pytest
-import yaml
-from kmock._internal import enums
 
 from mlops_operator.api.inference_service import APPROVAL_ANNOTATION, TrafficSplit
 from mlops_operator.cluster.kubernetes import KubernetesCluster
 from mlops_operator.cluster.port import NotFound
+from operator_process import call, eventually, running_operator
 
 pytestmark = pytest.mark.timeout(120)
 
 API = "mlops.seed.io/v1alpha1"
 NS = "serving"
-MLOPS = Path(sys.executable).parent / "mlops"
-T = TypeVar("T")
 
 
 @pytest.fixture
-def emulator(k8s_emulator: Any) -> Any:
-    """Adds what every API server sets on create: uid, creationTimestamp, resourceVersion."""
-    base = type(k8s_emulator.handler)
-
-    @attrs.define(kw_only=True)
-    class UidEmulator(base):  # type: ignore[valid-type,misc]
-        async def _handle(self, request: Any) -> Any:
-            if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
-                meta = dict(request.data.get("metadata") or {})
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
-                meta.setdefault("resourceVersion", "1")
-                replaced = attrs.evolve(request, data={**request.data, "metadata": meta})
-                self._requests[:] = [replaced if r is request else r for r in self._requests]
-                request = replaced
-            return await super()._handle(request)
-
-    k8s_emulator.handler.__class__ = UidEmulator
-    return k8s_emulator
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(fn, *args)
-
-
-async def eventually(check: Callable[[], T], what: str, timeout: float = 40.0) -> T:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await call(check)
-        except NotFound:
-            last = None
-        if last:
-            return last
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-        await asyncio.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-@pytest.fixture
-async def cluster(emulator: Any, tmp_path: Path) -> AsyncIterator[KubernetesCluster]:
-    token = emulator.api_client.configuration.api_key["BearerToken"]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": emulator.url, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "kmock", "user": {"token": token}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
-    }))
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL": "http://s3.test:9000"}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    log_path = tmp_path / "operator.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [str(MLOPS), "run", "--all-namespaces", "--standalone", "--metrics-port", "0", "--liveness-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def watching() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited with {process.returncode}:\n{log_path.read_text()[-5000:]}")
-        paths = {r.url.path for r in emulator.requests() if r.params.get("watch") == "true"}
-        return all(any(p.endswith(w) for p in paths) for w in ("/inferenceservices", "/modelversions", "/deployments"))
-
-    try:
-        await eventually(watching, "the operator's watches", timeout=60)
-        yield KubernetesCluster(emulator.api_client, apply_strategy="merge")
-    finally:
-        _stop(process)
-        log.close()
-        print(log_path.read_text(errors="replace")[-20000:])  # shown by pytest when the test failed
+async def cluster(k8s_emulator: Any, tmp_path: Path) -> AsyncIterator[KubernetesCluster]:
+    watched = ("/inferenceservices", "/modelversions", "/deployments")
+    async with running_operator(k8s_emulator, tmp_path, NS, watched) as cluster:
+        yield cluster
 
 
 class FakePrometheus:
@@ -248,7 +161,7 @@ async def test_inference_service_is_served_then_walks_a_canary_through_the_wirin
             "apiVersion": API, "kind": "InferenceService", "metadata": {"name": "iris", "namespace": NS},
             "spec": {"model": "iris", "challenger": {"policy": "latestValidated"},
                      "rollout": {"steps": [20, 50, 100], "interval": "1s", "manualApproval": True,
-                                 "analysis": {"minSampleSize": 20, "prometheusUrl": prometheus.url}}}})
+                                 "analysis": {"minSampleSize": 20, "prometheusURL": prometheus.url}}}})
         uid = isvc["metadata"]["uid"]
 
         def children() -> list[dict[str, Any]]:
@@ -276,9 +189,7 @@ async def test_inference_service_is_served_then_walks_a_canary_through_the_wirin
             ready = next((c for c in status.get("conditions", ()) if c["type"] == "Ready"), {})
             return status if status.get("phase") == "Stable" and ready.get("status") == "True" else None
 
-        print("DBG start", time.monotonic(), flush=True)
         status = await eventually(stable, "phase Stable with Ready=True")
-        print("DBG stable", time.monotonic(), flush=True)
         assert status["champion"] == "iris-v1" and status["split"] == "100/0"
         assert status["url"] == "http://iris.serving.svc:8080"
 
@@ -294,7 +205,6 @@ async def test_inference_service_is_served_then_walks_a_canary_through_the_wirin
             weight = config["weight"] if config["challenger"] else 0
             if not weights or weights[-1] != weight:
                 weights.append(weight)
-                print("DBG", time.monotonic(), weight, flush=True)
             obj = cluster.get(API, "InferenceService", NS, "iris")
             status = obj.get("status") or {}
             if status.get("rolloutStage") == "AwaitingApproval":
@@ -305,7 +215,6 @@ async def test_inference_service_is_served_then_walks_a_canary_through_the_wirin
                     gates.append(approval)
                     cluster.patch(API, "InferenceService", NS, "iris",
                                   {"metadata": {"annotations": {APPROVAL_ANNOTATION: approval}}})
-            print("DBG", time.monotonic(), status.get("phase"), status.get("rolloutStage"), status.get("split"), flush=True)
             return status.get("phase") == "Stable" and status.get("champion") == "iris-v2"
 
         try:

@@ -6,113 +6,27 @@ Waits poll for a condition with a deadline; nothing sleeps for a fixed time."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-import yaml
 
 from mlops_operator.cluster.kubernetes import KubernetesCluster
-from mlops_operator.cluster.port import NotFound
+from operator_process import call, eventually, running_operator
 
 pytestmark = pytest.mark.timeout(90)
 
 API = "mlops.seed.io/v1alpha1"
 NS = "team-a"
-MLOPS = Path(sys.executable).parent / "mlops"
-T = TypeVar("T")
 
 
 @pytest.fixture
-def emulator(k8s_emulator: Any) -> Any:
-    return k8s_emulator
-
-
-@pytest.fixture
-def kubeconfig(emulator: Any, tmp_path: Path) -> Path:
-    token = emulator.api_client.configuration.api_key["BearerToken"]
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": emulator.url, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "kmock", "user": {"token": token}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    """Blocking cluster calls run off the test's event loop."""
-    return await asyncio.to_thread(fn, *args)
-
-
-async def eventually(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await call(check)
-        except NotFound:
-            last = None
-        if last:
-            return last
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def cluster(emulator: Any, kubeconfig: Path, tmp_path: Path) -> AsyncIterator[KubernetesCluster]:
-    """`mlops run` in its own process, as a user starts it, with a kubeconfig that points at
-    the emulator; the test talks to the emulator through its own KubernetesCluster."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL": "http://s3.test:9000"}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    log = (tmp_path / "operator.log").open("wb")
-    process = subprocess.Popen(
-        [str(MLOPS), "run", "--all-namespaces", "--standalone", "--metrics-port", "0", "--liveness-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def watching() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited with {process.returncode}:\n{_log(tmp_path)}")
-        paths = {r.url.path for r in emulator.requests() if r.params.get("watch") == "true"}
-        wanted = ("/experiments", "/trainingruns", "/modelversions", "/jobs", "/pods")
-        return all(any(p.endswith(w) for p in paths) for w in wanted)
-
-    try:
-        # The emulator streams only changes made after a watch opened.
-        await eventually(watching, "the operator's watches", timeout=60)
-        yield KubernetesCluster(emulator.api_client, apply_strategy="merge")
-    except BaseException:
-        print(_log(tmp_path))
-        raise
-    finally:
-        _stop(process)
-        log.close()
-        if os.environ.get("SHOW_OPERATOR_LOG"):
-            print(_log(tmp_path))
-
-
-def _log(tmp_path: Path) -> str:
-    return (tmp_path / "operator.log").read_text(errors="replace")[-20000:]
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+async def cluster(k8s_emulator: Any, tmp_path: Path) -> AsyncIterator[KubernetesCluster]:
+    watched = ("/experiments", "/trainingruns", "/modelversions", "/jobs", "/pods")
+    async with running_operator(k8s_emulator, tmp_path, NS, watched) as cluster:
+        yield cluster
 
 
 def experiment(name: str, **spec: Any) -> dict[str, Any]:

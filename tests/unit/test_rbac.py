@@ -154,15 +154,16 @@ def test_kopf_needs_follows_the_registry() -> None:
 def training_scenario() -> set[Permission]:
     """An Experiment run to the end by the experiment, training-run and model-version
     controllers, one trial failing with a user error; the test plays the Job controller and
-    the kubelet (tests/unit/_training_world.py). Then each kind once more from a stale copy,
-    as after a lost race, which makes the controllers read the object again."""
+    the kubelet (tests/unit/_training_world.py). Its retrain schedule then comes due, which
+    starts a retrain Experiment. Then each kind once more from a stale copy, as after a lost
+    race, which makes the controllers read the object again."""
     from _training_world import SETTINGS, World, experiment_manifest, score, success_summary
 
     from mlops_operator.controllers import experiment, model_version, training_run
 
     world = World()
     cluster = RecordingCluster(world.cluster)
-    created = world.create(experiment_manifest())
+    created = world.create(experiment_manifest(retrain={"schedule": "0 * * * *"}))
     failures = [(2, json.dumps({"status": "Failed", "reason": "UnknownParameter", "message": "no parameter x"}))]
 
     def outcome(run: dict) -> tuple[int, str]:
@@ -180,6 +181,9 @@ def training_scenario() -> set[Permission]:
         world.tick()
     assert world.get("Experiment", "iris")["status"]["phase"] == "Succeeded", "the scenario did not finish"
     assert not failures, "no trial failed"
+    world.clock += timedelta(hours=1)
+    experiment.sync(cluster, world.get("Experiment", "iris"), world.clock, SETTINGS)
+    assert world.get("Experiment", "iris-r1"), "the retrain did not start"
     experiment.sync(cluster, created, world.clock, SETTINGS)
     training_run.sync(cluster, _stale(world.objects("TrainingRun")[0]), world.clock, SETTINGS)
     model_version.sync(cluster, _stale(world.objects("ModelVersion")[0]), world.clock)
@@ -269,7 +273,7 @@ def test_the_scenarios_reach_every_controller(recorded_calls: set[Permission]) -
         assert (GROUP, f"{plural}/status", "patch") in recorded_calls, plural
         assert (GROUP, plural, "get") in recorded_calls, plural
     assert {("batch", "jobs", "create"), ("apps", "deployments", "delete"), ("", "pods", "list"),
-            (GROUP, "modelversions", "create")} <= recorded_calls
+            (GROUP, "modelversions", "create"), (GROUP, "experiments", "create")} <= recorded_calls
 
 
 # --- the ClusterRole -----------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_champion_deployment_follows_the_serving_contract():
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["python", "-m"],
                         "args": ["mlops_runtime.serve", "--model-uri", prefix + "model.skops",
-                                 "--sha256", sha("iris-v1"), "--port", "8080", "--name", "iris",
+                                 "--sha256", sha("iris-v1"), "--drift-interval", "60", "--drift-window", "1000",
+                                 "--port", "8080", "--name", "iris",
                                  "--version", "iris-v1", "--role", "champion"],
                         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                         "env": [

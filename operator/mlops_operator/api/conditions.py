@@ -10,6 +10,8 @@ Condition types and what their statuses mean:
 - `Validated` (ModelVersion): True when every gate passed, False when one failed.
 - `Available` (InferenceService): True when the champion and router are ready.
 - `Progressing` (InferenceService): True during a rollout.
+- `Drifted` (InferenceService): True when the champion's highest feature PSI exceeds
+  spec.drift.psiThreshold, False when it does not; absent until drift was first measured.
 - `Stalled` (every kind): True when the operator gave up (invalid spec, permanent error).
 """
 
@@ -31,6 +33,7 @@ VALIDATED = "Validated"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 STALLED = "Stalled"
+DRIFTED = "Drifted"
 
 # Reasons (CamelCase, shared with Events of the same transition).
 REASON_INVALID_SPEC = "InvalidSpec"
@@ -68,6 +71,8 @@ REASON_ROLLED_BACK = "RolledBack"
 REASON_STABLE = "Stable"
 REASON_DRIFT_DETECTED = "DriftDetected"
 REASON_RETRAIN_TRIGGERED = "RetrainTriggered"
+REASON_NO_DRIFT = "NoDrift"
+REASON_DRIFT_NOT_MEASURED = "NotMeasured"
 
 
 class Condition(StatusModel):

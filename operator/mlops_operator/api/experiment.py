@@ -27,6 +27,7 @@ from .conditions import Condition
 from .ml import CrossValidation, Dataset, Objective, Validation
 
 LEADERBOARD_SIZE = 10
+RETRAIN_HISTORY = 20
 
 
 class SearchParameter(ApiModel):
@@ -118,16 +119,24 @@ class DriftRetrain(ApiModel):
         default=None, description="InferenceService whose drift gauges trigger a retrain."
     )
     psi_threshold: float = Field(default=0.25, gt=0)
-    cooldown: Duration = "6h"
+    cooldown: Duration = Field(
+        default="6h", description="Least time between the last retrain (of any cause) and a drift-triggered one."
+    )
 
 
 class Retrain(ApiModel):
+    """Run the whole search again as a new Experiment `<exp>-r<N>` on a schedule, on drift,
+    or both (docs/retrain.md)."""
+
     schedule: str | None = Field(
         default=None,
         pattern=r"^(@(hourly|daily|weekly|monthly|yearly))$|^(\S+\s+){4}\S+$",
-        description="Cron schedule (5 fields) for a fresh run of the whole search.",
+        description="Cron schedule (5 fields, UTC) for a fresh run of the whole search.",
     )
     on_drift: DriftRetrain | None = None
+    max_retrains_per_day: int = Field(
+        default=4, ge=1, le=RETRAIN_HISTORY, description="At most this many retrains in any 24 hours."
+    )
 
 
 class ExperimentSpec(ApiModel):
@@ -169,6 +178,12 @@ class TrialSummary(StatusModel):
     metrics: Metrics = Field(default_factory=dict)
 
 
+class RetrainRecord(StatusModel):
+    name: str = Field(description="The Experiment the retrain created.")
+    time: str
+    reason: str = ""
+
+
 class ExperimentStatus(StatusModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     observed_generation: int | None = None
@@ -181,6 +196,15 @@ class ExperimentStatus(StatusModel):
     start_time: str | None = None
     completion_time: str | None = None
     last_retrain_time: str | None = None
+    next_retrain_time: str | None = Field(default=None, description="When spec.retrain.schedule fires next.")
+    retrain_count: int | None = Field(default=None, ge=0, description="Retrains started so far.")
+    retrains: list[RetrainRecord] | None = Field(
+        default=None, max_length=RETRAIN_HISTORY, description="The latest retrains, oldest first."
+    )
+    retrain_message: str | None = Field(
+        default=None,
+        description="Why a due retrain waits (one still running, the daily cap), or why drift cannot trigger one.",
+    )
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
 

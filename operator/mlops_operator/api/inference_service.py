@@ -22,6 +22,7 @@ from .common import (
 from .conditions import Condition
 
 HISTORY_SIZE = 20
+DRIFT_FEATURES = 20
 APPROVAL_ANNOTATION = "mlops.seed.io/approve-step"
 """Set to the index of the step to release a manual gate (or `all` to approve every step)."""
 
@@ -67,8 +68,12 @@ class Analysis(ApiModel):
     )
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion tests.")
     failure_limit: int = Field(default=1, ge=1, description="Failed analyses before rolling back.")
+    # The wire name is spelled as users know it from Flagger and the issue: prometheusURL.
     prometheus_url: str | None = Field(
-        default=None, description="Query this Prometheus; otherwise scrape the pods' /metrics directly."
+        default=None,
+        alias="prometheusURL",
+        pattern=r"^https?://",
+        description="Query this Prometheus; otherwise scrape the pods' /metrics directly.",
     )
     require_feedback: bool = Field(
         default=True,
@@ -127,10 +132,14 @@ class Rollout(ApiModel):
 
 
 class Drift(ApiModel):
+    """Watch the champion's per-feature drift (PSI and KS against the training baseline)."""
+
     enabled: bool = True
-    psi_threshold: float = Field(default=0.25, gt=0.0)
-    interval: Duration = "1m"
-    window: int = Field(default=1000, ge=10, le=1_000_000)
+    psi_threshold: float = Field(default=0.25, gt=0.0, description="A feature drifts when its PSI exceeds this.")
+    interval: Duration = Field(
+        default="1m", description="How often the server computes drift and the operator reads it."
+    )
+    window: int = Field(default=1000, ge=10, le=1_000_000, description="Recent input rows compared with the baseline.")
 
 
 class InferenceServiceSpec(ApiModel):
@@ -210,6 +219,27 @@ class CounterSnapshot(StatusModel):
     )
 
 
+class FeatureDrift(StatusModel):
+    name: str
+    psi: float | None = None
+    ks: float | None = None
+
+
+class DriftStatus(StatusModel):
+    """The champion's drift as last read (the worst pod per feature)."""
+
+    time: str = Field(description="When the gauges were read.")
+    version: str = Field(description="The champion version they describe.")
+    max_psi: float
+    feature: str = Field(description="The feature with the highest PSI.")
+    features: list[FeatureDrift] = Field(
+        default_factory=list, max_length=DRIFT_FEATURES, description="Highest PSI first."
+    )
+    threshold: float
+    drifted: bool = Field(description="maxPsi > spec.drift.psiThreshold.")
+    since: str | None = Field(default=None, description="When maxPsi first went above the threshold (while drifted).")
+
+
 RolloutStage = Literal["Starting", "Analysing", "AwaitingApproval", "Promoting", "Finalizing"]
 
 
@@ -246,6 +276,7 @@ class InferenceServiceStatus(StatusModel):
         default=None, description="Version whose challenger Deployment is kept until the routers stop using it."
     )
     last_applied_hash: str | None = None
+    drift: DriftStatus | None = None
     url: str | None = None
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -1,4 +1,5 @@
-"""Experiment controller: observe the trials and registered versions, register what is
+"""Experiment controller: observe the trials, registered versions and (with spec.retrain)
+the retrain Experiments and the drift of the watched InferenceService; register what is
 due, reconcile, apply."""
 
 from __future__ import annotations
@@ -6,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from .. import metrics
 from ..api.experiment import Experiment
+from ..api.inference_service import DriftStatus, InferenceService
 from ..api.model_version import ModelVersion
 from ..api.training_run import TrainingRun
-from ..cluster.port import Cluster, Obj
+from ..cluster.port import Cluster, NotFound, Obj
 from ..reconcile import experiment as logic
+from ..reconcile import retrain as retraining
 from ..reconcile.common import EXPERIMENT_LABEL, MODEL_LABEL, TRAINING_RUN_LABEL, Settings
 from ..reconcile.plan import Event, Plan
 from . import meta_of, parse, run_sync, settings_from_env, status_phase
@@ -39,19 +44,46 @@ def observe_versions(cluster: Cluster, obj: Obj, model: str) -> tuple[logic.Regi
     )
 
 
+def observe_retrain(cluster: Cluster, obj: Obj, exp: Experiment) -> retraining.RetrainObserved:
+    """The retrain Experiments of this object, and status.drift of spec.retrain.onDrift.service."""
+    retrain = exp.spec.retrain
+    if retrain is None:
+        return retraining.RetrainObserved()
+    namespace, name = meta_of(obj)
+    own_uid = obj["metadata"].get("uid")
+    children = cluster.list(Experiment.api_version(), "Experiment", namespace, {retraining.RETRAIN_OF_LABEL: name})
+    facts = tuple(retraining.child_facts(c) for c in children if _owned_by(c, own_uid))
+    drift: DriftStatus | None = None
+    missing = False
+    on_drift = retrain.on_drift
+    if on_drift is not None and on_drift.enabled and on_drift.service:
+        try:
+            service = cluster.get(InferenceService.api_version(), "InferenceService", namespace, on_drift.service)
+            raw = (service.get("status") or {}).get("drift")
+            drift = DriftStatus.model_validate(raw) if raw else None
+        except NotFound:
+            missing = True
+        except ValidationError:  # a status from another operator version: no usable reading
+            drift = None
+    return retraining.RetrainObserved(children=facts, drift=drift, service_missing=missing)
+
+
 def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = None) -> Plan:
     settings = settings or settings_from_env()
 
     def step(current: Obj):
         exp = parse(Experiment, current, lambda e: logic.spec_problems(e, settings))
         if status_phase(current) in logic.TERMINAL:
-            return logic.reconcile(exp, logic.ExperimentObserved(), now), None
+            observed = logic.ExperimentObserved(retrain=observe_retrain(cluster, current, exp))
+            plan = logic.reconcile(exp, observed, now)
+            return plan, _absent(plan)
         runs = observe_trials(cluster, current)
         own_uid = current["metadata"].get("uid")
         runs = [r for r in runs if _owned_by(r, own_uid)]
         observed = logic.ExperimentObserved(
             trials=tuple(logic.trial_facts(r) for r in runs),
             versions=observe_versions(cluster, current, exp.spec.model),
+            retrain=observe_retrain(cluster, current, exp),
         )
         problems: list[Event] = []
         due = logic.registrations_due(exp, observed)
@@ -71,8 +103,7 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = 
         plan = logic.reconcile(exp, observed, now)
         if problems:
             plan = dataclasses.replace(plan, events=plan.events + tuple(problems))
-        seen = {(c["apiVersion"], c["kind"], c["metadata"]["name"]): None for c in plan.children}
-        return plan, seen
+        return plan, _absent(plan)
 
     plan = run_sync("Experiment", cluster, obj, now, step)
     gauges = plan.metrics
@@ -80,6 +111,11 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = 
         namespace, name = meta_of(obj)
         metrics.record_experiment(namespace or "default", name, gauges["phase"], gauges["trials"])
     return plan
+
+
+def _absent(plan: Plan) -> dict[tuple[str, str, str], Obj | None]:
+    """The plan's children are new ones (trials, a retrain): apply_plan need not read them first."""
+    return {(c["apiVersion"], c["kind"], c["metadata"]["name"]): None for c in plan.children}
 
 
 def _owned_by(run: Obj, uid: str | None) -> bool:

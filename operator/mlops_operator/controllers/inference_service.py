@@ -1,25 +1,35 @@
-"""InferenceService controller: observe the serving Deployments, the model's ModelVersions
-and (during a rollout, when an analysis is due) the data plane's metrics; reconcile; apply;
-update the canary metrics.
+"""InferenceService controller: observe the serving Deployments, the model's ModelVersions,
+(during a rollout, when an analysis is due) the data plane's metrics and (every
+spec.drift.interval) the champion's drift gauges; reconcile; apply; update the canary metrics.
 
 `sync(cluster, obj, now, *, metrics_reader=None)`: the kopf handlers and the local loop call
 it alike. The reader defaults to scraping the pods (their Services when no pod addresses are
 known) by in-cluster DNS; local mode passes a `MetricsReader(url_for=..., use_pod_ips=False)`
 that maps Services to its local ports.
+
+Drift is read through the same reader: a reader with a `read_drift(target) -> samples` method
+is asked; a `MetricsReader` is scraped (the champion's pods, its Service, or Prometheus when
+`spec.rollout.analysis.prometheusURL` is set); any other reader (a test's source of canary
+counters) has no drift gauges to offer.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import urllib.parse
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from .. import metrics
-from ..api.inference_service import CounterSnapshot, InferenceService, InferenceServiceStatus
+from ..api.inference_service import CounterSnapshot, DriftStatus, InferenceService, InferenceServiceStatus
 from ..api.model_version import ModelVersion
 from ..cluster.port import Cluster, ClusterError, NotFound, Obj
-from ..metrics_reader import AnalysisTarget, MetricsReader, MetricsUnavailable
+from ..metrics_reader import AnalysisTarget, MetricsReader, MetricsUnavailable, Sample, parse_exposition
+from ..reconcile import drift as drift_logic
 from ..reconcile import inference_service as logic
 from ..reconcile.common import Settings
 from ..reconcile.plan import Plan
@@ -97,8 +107,106 @@ def analysis_target(cluster: Cluster, isvc: InferenceService, status: InferenceS
     )
 
 
+# ---------------------------------------------------------------- drift gauges
+
+
+def _drift_queries(target: AnalysisTarget) -> dict[str, str]:
+    """Prometheus: the worst pod per feature, as the direct scrape computes it."""
+    ns = f'namespace=~{json.dumps(target.namespace + "|")}'
+    matcher = f"model={json.dumps(target.model)},version={json.dumps(target.champion_version or '')},{ns}"
+    return {name: f"max by (model, version, feature) ({name}{{{matcher}}})"
+            for name in (drift_logic.PSI_METRIC, drift_logic.KS_METRIC)}
+
+
+def _get(reader: MetricsReader, url: str) -> bytes:
+    try:
+        with reader.opener(url, timeout=reader.timeout) as response:
+            return response.read()
+    except (OSError, ValueError) as error:  # URLError is an OSError
+        raise MetricsUnavailable(f"GET {url}: {error}") from None
+
+
+def scrape_drift(reader: MetricsReader, target: AnalysisTarget) -> list[Sample]:
+    """The champion's drift gauges through a MetricsReader's own HTTP path."""
+    if target.prometheus_url:
+        base = target.prometheus_url.rstrip("/")
+        samples: list[Sample] = []
+        for name, query in _drift_queries(target).items():
+            url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+            try:
+                doc = json.loads(_get(reader, url))
+            except json.JSONDecodeError as error:
+                raise MetricsUnavailable(f"{url}: not JSON: {error}") from None
+            if doc.get("status") != "success":
+                raise MetricsUnavailable(f"Prometheus query {query!r} failed: {doc.get('error', doc)}")
+            samples += [Sample(name, dict(series["metric"]), float(series["value"][1]))
+                        for series in doc["data"]["result"]]
+        return samples
+    bases: Sequence[str] = target.champion_urls or (
+        [reader.url_for(target.champion_service, target.namespace, target.port)] if target.champion_service else [])
+    samples = []
+    for base in bases:
+        text = _get(reader, base.rstrip("/") + "/metrics").decode("utf-8", errors="replace")
+        try:
+            samples += [s for s in parse_exposition(text) if s.name in (drift_logic.PSI_METRIC, drift_logic.KS_METRIC)]
+        except ValueError as error:
+            raise MetricsUnavailable(f"{base}/metrics: unparsable exposition: {error}") from None
+    return samples
+
+
+def read_drift_samples(reader: Any, target: AnalysisTarget) -> list[Any] | None:
+    """The drift gauges `reader` offers (None: it offers none); raises MetricsUnavailable."""
+    custom = getattr(reader, "read_drift", None)
+    if callable(custom):
+        return list(custom(target))
+    if isinstance(reader, MetricsReader):
+        return scrape_drift(reader, target)
+    return None
+
+
+class DriftAttempts:
+    """When each InferenceService's drift was last asked for: before the first reading exists
+    (no traffic yet) nothing in status paces the reads, so this does (per process; a restart
+    only costs one early read)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str, str], datetime] = {}
+        self._lock = threading.Lock()
+
+    def last(self, key: tuple[str, str, str]) -> datetime | None:
+        with self._lock:
+            return self._last.get(key)
+
+    def record(self, key: tuple[str, str, str], now: datetime) -> None:
+        with self._lock:
+            self._last[key] = now
+
+
+DRIFT_ATTEMPTS = DriftAttempts()
+
+
+def observe_drift(cluster: Cluster, isvc: InferenceService, status: InferenceServiceStatus, now: datetime,
+                  reader: Reader, attempts: DriftAttempts) -> DriftStatus | None:
+    """A fresh reading of the champion's drift when one is due, else None. A failed read is
+    no reading: drift is a slow signal and the next interval tries again."""
+    key = (logic.namespace_of(isvc), isvc.metadata.name, isvc.metadata.uid or "")
+    if not drift_logic.read_due(isvc.spec.drift, status.drift, status.champion, now, attempts.last(key)):
+        return None
+    attempts.record(key, now)
+    target = analysis_target(cluster, isvc, status, bool(getattr(reader, "use_pod_ips", False)))
+    try:
+        samples = read_drift_samples(reader, target)
+    except MetricsUnavailable:
+        return None
+    if not samples:
+        return None
+    champion = status.champion or ""
+    features = drift_logic.features_from_samples(samples, isvc.spec.model, champion)
+    return drift_logic.reading(features, champion, isvc.spec.drift.psi_threshold, status.drift, now)
+
+
 def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: datetime, reader: Reader,
-                              settings: Settings) -> logic.Observed:
+                              settings: Settings, drift_attempts: DriftAttempts | None = None) -> logic.Observed:
     namespace, name = logic.namespace_of(isvc), isvc.metadata.name
     status = isvc.status or InferenceServiceStatus()
     metrics_snapshot: CounterSnapshot | None = None
@@ -127,6 +235,7 @@ def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: dat
         metrics_error=metrics_error,
         routers_in_sync=routers_in_sync,
         settings=settings,
+        drift=observe_drift(cluster, isvc, status, now, reader, drift_attempts or DRIFT_ATTEMPTS),
     )
 
 
@@ -149,7 +258,7 @@ def record_canary_metrics(namespace: str, service: str, plan: Plan, now: datetim
 
 
 def sync(cluster: Cluster, obj: Obj, now: datetime, *, metrics_reader: Reader | None = None,
-         settings: Settings | None = None) -> Plan:
+         settings: Settings | None = None, drift_attempts: DriftAttempts | None = None) -> Plan:
     reader = metrics_reader if metrics_reader is not None else MetricsReader(use_pod_ips=True)
     settings = settings or settings_from_env()
     # The rollout's whole state is the status: decide from the stored one, not from a body an
@@ -162,7 +271,7 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, *, metrics_reader: Reader | 
 
     def step(current: Obj):
         isvc = parse(InferenceService, current)
-        observed = observe_inference_service(cluster, isvc, now, reader, settings)
+        observed = observe_inference_service(cluster, isvc, now, reader, settings, drift_attempts)
         return logic.reconcile(isvc, observed, now), None
 
     plan = run_sync("InferenceService", cluster, obj, now, step)

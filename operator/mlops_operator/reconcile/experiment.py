@@ -16,6 +16,7 @@ applies to trials started from then on, existing trials are kept. A finished Exp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,7 @@ from ..api.conditions import (
 from ..api.experiment import LEADERBOARD_SIZE, Experiment, ExperimentStatus, TrialCounts, TrialSummary
 from ..api.naming import trial_name
 from ..search import propose, trial_budget
+from . import retrain as retraining
 from .common import (
     TRIAL_INDEX_LABEL,
     Settings,
@@ -83,6 +85,7 @@ class RegisteredVersion:
 class ExperimentObserved:
     trials: tuple[TrialFacts, ...] = ()
     versions: tuple[RegisteredVersion, ...] = ()
+    retrain: retraining.RetrainObserved = field(default_factory=retraining.RetrainObserved)
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def spec_problems(exp: Experiment, settings: Settings) -> list[str]:
     base = objective.removeprefix("cv_").rsplit("_", 1)[0]
     if metrics is not None and objective not in metrics and base not in metrics:
         problems.append(f"spec.objective.metric: {objective!r} is not among spec.metrics {metrics}")
-    return problems
+    return problems + retraining.spec_problems(exp.spec.retrain)
 
 
 def maximizing(exp: Experiment) -> bool:
@@ -287,7 +290,7 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
     conditions = clear_stalled(list(old.conditions), generation, now)
     if old.phase in TERMINAL:
         status = old.model_copy(update={"conditions": conditions, "observed_generation": generation})
-        return Plan(status=status.dump(), metrics=_gauges(status))
+        return _with_retrain(exp, status, observed, now, Plan(status={}, metrics=_gauges(status)))
 
     decision, stop_message = decide(exp, observed)
     children, events = _start_trials(exp, decision)
@@ -314,11 +317,26 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
         start_time=old.start_time or (rfc3339(now) if counts.total else None),
         completion_time=old.completion_time or (rfc3339(now) if decision.phase in TERMINAL else None),
         last_retrain_time=old.last_retrain_time,
+        next_retrain_time=old.next_retrain_time,
+        retrain_count=old.retrain_count,
+        retrains=old.retrains,
+        retrain_message=old.retrain_message,
         message=message,
         conditions=conditions,
     )
-    return Plan(status=status.dump(), children=tuple(children), events=tuple(events + phase_events),
-                metrics=_gauges(status))
+    plan = Plan(status={}, children=tuple(children), events=tuple(events + phase_events), metrics=_gauges(status))
+    return _with_retrain(exp, status, observed, now, plan)
+
+
+def _with_retrain(exp: Experiment, status: ExperimentStatus, observed: ExperimentObserved, now: datetime,
+                  plan: Plan) -> Plan:
+    """`plan` with `status` and what spec.retrain decides for it (a finished Experiment may
+    start a retrain: see reconcile.retrain)."""
+    outcome = retraining.decide(exp.model_copy(update={"status": status}), observed.retrain, now)
+    status = status.model_copy(update=outcome.status)
+    child = (outcome.child,) if outcome.child is not None else ()
+    return dataclasses.replace(plan, status=status.dump(), children=plan.children + child,
+                               events=plan.events + outcome.events, requeue_after=outcome.requeue_after)
 
 
 def _start_trials(exp: Experiment, decision: Decision) -> tuple[list[dict[str, Any]], list[Event]]:

@@ -24,6 +24,7 @@ from typing import Any
 from ..api.common import parse_duration
 from ..api.conditions import (
     AVAILABLE,
+    DRIFTED,
     PROGRESSING,
     READY,
     REASON_ANALYSIS_INCONCLUSIVE,
@@ -44,8 +45,10 @@ from ..api.inference_service import (
     APPROVAL_ANNOTATION,
     HISTORY_SIZE,
     CounterSnapshot,
+    DriftStatus,
     HistoryEntry,
     InferenceService,
+    InferenceServiceSpec,
     InferenceServiceStatus,
     TrafficSplit,
     VersionRef,
@@ -53,6 +56,7 @@ from ..api.inference_service import (
 from ..api.model_version import ModelVersion
 from ..api.naming import child_name
 from ..rollout import state_machine as sm
+from . import drift as drift_logic
 from .common import (
     GROUP_PREFIX,
     Settings,
@@ -100,6 +104,7 @@ class Observed:
     metrics_error: str | None = None
     routers_in_sync: bool | None = None
     settings: Settings = field(default_factory=Settings)
+    drift: DriftStatus | None = None  # a fresh reading of the champion's drift gauges, if one was made
 
 
 def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
@@ -157,6 +162,7 @@ def namespace_of(isvc: InferenceService) -> str:
 class Resolution:
     version: str | None
     problem: tuple[str, str] | None = None  # (reason, message)
+    rejected: bool = False  # the named version was Rejected: it will never serve
 
 
 def validated(mv: ModelVersion) -> bool:
@@ -187,7 +193,7 @@ def resolve(ref: VersionRef, versions: dict[str, ModelVersion], model: str, role
             phase = mv.status.phase if mv.status else "Pending"
             return Resolution(None, (REASON_MODEL_VERSION_NOT_VALIDATED,
                                      f"spec.{role}.modelVersion: ModelVersion {ref.model_version!r} is {phase}, "
-                                     f"not Validated"))
+                                     f"not Validated"), rejected=phase == "Rejected")
         return Resolution(ref.model_version)
     candidates = [mv for mv in versions.values() if validated(mv) and mv.metadata.name not in excluded]
     if ref.policy == "latestValidated":
@@ -211,7 +217,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "failureThreshold": failures}
 
 
-def _pod_spec(isvc: InferenceService, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+def _pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "automountServiceAccountToken": False,
         "securityContext": restricted_pod_security_context(),
@@ -246,7 +252,24 @@ def serve_args(isvc: InferenceService, mv: ModelVersion, role: str) -> list[str]
     args = ["mlops_runtime.serve", "--model-uri", artifact.model_uri, "--sha256", artifact.sha256]
     if artifact.serving_format == "onnx" and artifact.onnx_uri and artifact.onnx_sha256:
         args += ["--onnx-uri", artifact.onnx_uri, "--onnx-sha256", artifact.onnx_sha256]
+    args += drift_args(isvc)
     return args + ["--port", str(PORT), "--name", isvc.spec.model, "--version", mv.metadata.name, "--role", role]
+
+
+# The serving runtime reports nothing until its window holds this many rows (its default).
+SERVER_DRIFT_MIN_ROWS = 100
+
+
+def drift_args(isvc: InferenceService) -> list[str]:
+    """The server computes drift as often, and over as many recent rows, as spec.drift says."""
+    drift = isvc.spec.drift
+    if not drift.enabled:
+        return []
+    seconds = parse_duration(drift.interval).total_seconds()
+    args = ["--drift-interval", f"{seconds:g}", "--drift-window", str(drift.window)]
+    if drift.window < SERVER_DRIFT_MIN_ROWS:
+        args += ["--drift-min-rows", str(drift.window)]
+    return args
 
 
 def s3_env(isvc: InferenceService, settings: Settings) -> list[dict[str, Any]]:
@@ -297,7 +320,7 @@ def desired_server_deployment(isvc: InferenceService, mv: ModelVersion, role: st
     container = _container(isvc, serve_args(isvc, mv, role), s3_env(isvc, settings), [])
     name = champion_name(isvc.metadata.name) if role == CHAMPION else challenger_name(isvc.metadata.name)
     replicas = isvc.spec.replicas
-    return _deployment(isvc, name, role, replicas, _pod_spec(isvc, container, []), version=mv.metadata.name)
+    return _deployment(isvc, name, role, replicas, _pod_spec(container, []), version=mv.metadata.name)
 
 
 def router_args(isvc: InferenceService) -> list[str]:
@@ -314,7 +337,7 @@ def desired_router_deployment(isvc: InferenceService) -> dict[str, Any]:
     container = _container(isvc, router_args(isvc), [], [mount])
     volume = {"name": "router-config", "configMap": {"name": router_config_name(isvc.metadata.name)}}
     return _deployment(isvc, router_name(isvc.metadata.name), ROUTER, isvc.spec.router_replicas,
-                       _pod_spec(isvc, container, [volume]))
+                       _pod_spec(container, [volume]))
 
 
 def router_config(isvc: InferenceService, split: TrafficSplit, challenger_routed: bool) -> dict[str, Any]:
@@ -364,10 +387,9 @@ def split_text(split: TrafficSplit) -> str:
     return f"{text} shadow" if split.mode == "shadow" else text
 
 
-def phase_of(status: InferenceServiceStatus, paused: bool, champion_problem: tuple[str, str] | None) -> str:
+def phase_of(status: InferenceServiceStatus, paused: bool, champion_rejected: bool) -> str:
     if status.champion is None:
-        rejected = champion_problem is not None and "Rejected" in champion_problem[1]
-        return "Failed" if rejected else "Pending"
+        return "Failed" if champion_rejected else "Pending"
     stage = status.rollout_stage
     if stage in ("Starting", "Analysing", "AwaitingApproval"):
         return "Paused" if paused or stage == "AwaitingApproval" else "Progressing"
@@ -379,7 +401,7 @@ def phase_of(status: InferenceServiceStatus, paused: bool, champion_problem: tup
     return "RolledBack" if last == "RolledBack" else "Stable"
 
 
-def _progressing_condition(status: InferenceServiceStatus, phase: str, spec_paused: bool,
+def _progressing_condition(status: InferenceServiceStatus, phase: str,
                            challenger_problem: tuple[str, str] | None) -> tuple[str, str, str]:
     """(status, reason, message) of the Progressing condition."""
     stage = status.rollout_stage
@@ -454,14 +476,16 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
     #    afterwards promotions move it and status remembers it (the spec is never edited).
     champion_hash = spec_hash(spec.champion.dump())
     champion_problem: tuple[str, str] | None = None
+    champion_rejected = False
     if status.champion is None or status.last_applied_hash != champion_hash:
         wanted = resolve(spec.champion, versions, spec.model, CHAMPION)
-        champion_problem = wanted.problem
+        champion_problem, champion_rejected = wanted.problem, wanted.rejected
         if wanted.version is not None:
             if status.champion is None:
                 entry = HistoryEntry(time=sm.timestamp(now), action="Initial", version=wanted.version,
                                      reason=f"spec.champion ({spec.champion.policy or 'modelVersion'})")
-                status = status.model_copy(update={"champion": wanted.version, "history": [*status.history, entry]})
+                status = status.model_copy(update={"champion": wanted.version,
+                                                   "history": [*status.history, entry][-HISTORY_SIZE:]})
                 events.append(Event(REASON_STABLE, f"serving {wanted.version} as champion"))
             elif wanted.version != status.champion:
                 status, event = _champion_switch(status, wanted.version, versions, now)
@@ -539,8 +563,10 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
                      desired_stable_service(isvc)]
 
     # 5. Status and conditions.
-    phase = phase_of(status, spec.rollout.paused, champion_problem)
+    phase = phase_of(status, spec.rollout.paused, champion_rejected)
+    drift = drift_logic.next_drift(old_status.drift, observed.drift, status.champion) if spec.drift.enabled else None
     status = status.model_copy(update={
+        "drift": drift,
         "phase": phase,
         "observed_generation": generation,
         "traffic": split,
@@ -556,15 +582,19 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
         ready = ("True", REASON_AVAILABLE, f"serving {status.champion} at {status.url}")
     else:
         ready = ("False", REASON_DEPLOYMENTS_NOT_READY, f"waiting for {', '.join(not_ready)}")
-    progressing = _progressing_condition(status.model_copy(update={"split": split_text(split)}), phase,
-                                         spec.rollout.paused, challenger_problem)
+    progressing = _progressing_condition(status, phase, challenger_problem)
     availability = ("True", REASON_AVAILABLE, "champion and router ready") if available else \
         ("False", REASON_DEPLOYMENTS_NOT_READY, f"waiting for {', '.join(not_ready)}")
-    conditions = with_conditions(list(status.conditions), [
-        (READY, *ready), (AVAILABLE, *availability), (PROGRESSING, *progressing)], generation, now)
+    updates = [(READY, *ready), (AVAILABLE, *availability), (PROGRESSING, *progressing)]
+    drifted = drift_logic.drift_condition(drift, find_condition(status.conditions, DRIFTED) is not None,
+                                          status.champion, spec.drift.enabled)
+    if drifted is not None:
+        updates.append(drifted)
+    conditions = with_conditions(list(status.conditions), updates, generation, now)
     message = progressing[2] if progressing[0] == "True" or challenger_problem else ready[2]
     status = status.model_copy(update={"conditions": conditions, "message": message})
     events += _problem_events(list(old_status.conditions), conditions)
+    events += drift_logic.drift_events(list(old_status.conditions), conditions)
     if phase == "Paused" and old_status.phase != "Paused":
         events.append(Event(REASON_PAUSED, progressing[2]))
 
@@ -594,11 +624,14 @@ def _availability(observed: Observed) -> tuple[bool, list[str]]:
     return not not_ready, not_ready
 
 
-def _requeue(status: InferenceServiceStatus, outcome: sm.Outcome, spec, problem) -> float | None:
+def _requeue(status: InferenceServiceStatus, outcome: sm.Outcome, spec: InferenceServiceSpec,
+             problem: tuple[str, str] | None) -> float | None:
     if outcome.requeue_after is not None:
         return outcome.requeue_after
     if status.rollout_stage is not None:
         return sm.POLL.total_seconds()
     if problem is not None or status.champion is None or (spec.challenger and spec.challenger.policy):
         return RESOLVE_EVERY_SECONDS
+    if spec.drift.enabled:
+        return parse_duration(spec.drift.interval).total_seconds()
     return None

@@ -19,7 +19,7 @@ until the approval annotation names that step (its index in `steps`) or says `al
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..api.common import parse_duration
