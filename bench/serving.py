@@ -232,7 +232,7 @@ def start_ours(label: str, model: ModelFiles, onnx: bool, logs: Path) -> Server:
 
 def start_mlserver(label: str, models: dict[str, ModelFiles], parallel_workers: int, python: Path,
                    logs: Path) -> Server:
-    home = Path(tempfile.mkdtemp(prefix="mlserver-", dir=BENCH))
+    home = Path(tempfile.mkdtemp(prefix="mlserver-", dir=logs.parent))
     repo = home / "models"
     for model in models.values():
         (repo / model.name).mkdir(parents=True)
@@ -264,7 +264,7 @@ def start_mlserver(label: str, models: dict[str, ModelFiles], parallel_workers: 
 
 
 def start_fastapi(label: str, models: dict[str, ModelFiles], python: Path, logs: Path) -> Server:
-    home = Path(tempfile.mkdtemp(prefix="fastapi-", dir=BENCH))
+    home = Path(tempfile.mkdtemp(prefix="fastapi-", dir=logs.parent))
     (home / "fastapi_reference.py").write_text(FASTAPI_REFERENCE)
     port = free_port()
     log = logs / f"{label}.log"
@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs 2 CPUs: one for the servers, one for wrk")
     BENCH.mkdir(exist_ok=True)
+    for previous in BENCH.glob("serving-*"):  # one run's models and logs are kept, the last one
+        if previous.is_dir():
+            shutil.rmtree(previous, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="serving-", dir=BENCH))
     logs = work / "logs"
     logs.mkdir()

@@ -151,11 +151,30 @@ def onnx_session(onnx_bytes: bytes) -> Any:
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def sklearn_reference(model: Any, X_test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """What scikit-learn answers on `X_test`: (predictions, probabilities or None), the
+    reference an ONNX form must reproduce."""
+    expected = model.predict(X_test)
+    final = _final_estimator(model)
+    probabilities = None
+    if hasattr(final, "classes_") and hasattr(final, "predict_proba"):
+        try:
+            probabilities = model.predict_proba(X_test)
+        except AttributeError:  # e.g. SVC(probability=False) exposes the method but refuses
+            probabilities = None
+    return expected, probabilities
+
+
 def onnx_parity(
-    model: Any, onnx_bytes: bytes, X_test: pd.DataFrame, numeric_columns: list[str] | None = None
+    model: Any,
+    onnx_bytes: bytes,
+    X_test: pd.DataFrame,
+    numeric_columns: list[str] | None = None,
+    reference: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime with scikit-learn on `X_test`: labels identical and probabilities
-    (or regression outputs) within 1e-4. Returns the evidence, `passed` first."""
+    (or regression outputs) within 1e-4. Returns the evidence, `passed` first. `reference`
+    is `sklearn_reference(model, X_test)` when the caller has it already."""
     if numeric_columns is None:
         numeric_columns = [c for c in X_test.columns if X_test[c].dtype.kind in "biuf"]
     result: dict[str, Any] = {"passed": False, "rows": int(len(X_test)), "tolerance": PARITY_TOLERANCE}
@@ -165,14 +184,14 @@ def onnx_parity(
     except Exception as error:
         result["error"] = f"ONNX Runtime could not run the model: {type(error).__name__}: {error}"[:300]
         return result
-    expected = model.predict(X_test)
+    expected, probabilities = reference if reference is not None else sklearn_reference(model, X_test)
     final = _final_estimator(model)
     if hasattr(final, "classes_"):
         labels = np.asarray(outputs[0]).reshape(-1)
         identical = bool(np.array_equal(labels.astype(expected.dtype, copy=False), expected))
         result.update(labelsIdentical=identical, passed=identical)
-        if hasattr(final, "predict_proba"):
-            gap = float(np.max(np.abs(np.asarray(outputs[1], dtype=np.float64) - model.predict_proba(X_test))))
+        if probabilities is not None:
+            gap = float(np.max(np.abs(np.asarray(outputs[1], dtype=np.float64) - probabilities)))
             result.update(maxAbsDiff=gap, passed=identical and gap <= PARITY_TOLERANCE)
     else:
         predicted = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
@@ -185,29 +204,68 @@ def onnx_parity(
 
 
 def convert_and_check(
-    model: Any, X_sample: pd.DataFrame, X_test: pd.DataFrame, numeric_columns: list[str]
+    model: Any,
+    X_sample: pd.DataFrame,
+    X_test: pd.DataFrame,
+    numeric_columns: list[str],
+    reference: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> tuple[bytes | None, dict[str, Any] | None]:
     """(ONNX bytes or None, parity evidence or None when it could not be converted)."""
     onnx_bytes = to_onnx(model, X_sample, numeric_columns)
     if onnx_bytes is None:
         return None, None
-    return onnx_bytes, onnx_parity(model, onnx_bytes, X_test, numeric_columns)
+    return onnx_bytes, onnx_parity(model, onnx_bytes, X_test, numeric_columns, reference)
+
+
+CONVERSION_TIMEOUT = 300.0
+
+
+def _read_until_closed(fd: int, timeout: float) -> bytes | None:
+    """Everything written to the pipe `fd` until the writer closes it, or None when that
+    takes longer than `timeout` seconds."""
+    import os
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 class OnnxConversion:
     """`convert_and_check` in a forked child process where the platform has fork, so that the
     conversion (Python-bound, ~1 ms per tree of a forest) runs on another core while the
-    parent evaluates, dumps the skops file and uploads. Start it before any other thread is
-    running (fork copies only the calling thread). Falls back to running inline."""
+    parent dumps the skops file and uploads. Start it before any other thread is running
+    (fork copies only the calling thread). Falls back to running inline.
 
-    def __init__(self, model: Any, X_sample: pd.DataFrame, X_test: pd.DataFrame, numeric_columns: list[str]) -> None:
+    The child must not call into scikit-learn's prediction code: estimators such as
+    k-neighbours predict through OpenMP, and GNU OpenMP is not fork-safe (a child that opens
+    a parallel region after the parent used one can hang for ever). So the parent computes
+    the scikit-learn `reference` outputs and the child only converts and runs ONNX Runtime;
+    and `result` waits at most `timeout` seconds, after which the model is served from skops."""
+
+    def __init__(
+        self,
+        model: Any,
+        X_sample: pd.DataFrame,
+        X_test: pd.DataFrame,
+        numeric_columns: list[str],
+        reference: tuple[np.ndarray, np.ndarray | None],
+    ) -> None:
         import os
 
         self._result: tuple[bytes | None, dict[str, Any] | None] | None = None
         self._pid: int | None = None
         self._pipe: int | None = None
         if not hasattr(os, "fork"):
-            self._result = convert_and_check(model, X_sample, X_test, numeric_columns)
+            self._result = convert_and_check(model, X_sample, X_test, numeric_columns, reference)
             return
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -215,7 +273,7 @@ class OnnxConversion:
             status = 1
             try:
                 os.close(read_end)
-                onnx_bytes, parity = convert_and_check(model, X_sample, X_test, numeric_columns)
+                onnx_bytes, parity = convert_and_check(model, X_sample, X_test, numeric_columns, reference)
                 header = json.dumps({"converted": onnx_bytes is not None, "parity": parity}).encode()
                 with os.fdopen(write_end, "wb") as pipe:
                     pipe.write(len(header).to_bytes(8, "big") + header + (onnx_bytes or b""))
@@ -225,13 +283,17 @@ class OnnxConversion:
         os.close(write_end)
         self._pid, self._pipe = pid, read_end
 
-    def result(self) -> tuple[bytes | None, dict[str, Any] | None]:
+    def result(self, timeout: float = CONVERSION_TIMEOUT) -> tuple[bytes | None, dict[str, Any] | None]:
         import os
 
         if self._result is None:
             assert self._pid is not None and self._pipe is not None
-            with os.fdopen(self._pipe, "rb") as pipe:
-                data = pipe.read()
+            data = _read_until_closed(self._pipe, timeout)
+            if data is None:
+                self.cancel()
+                self._result = (None, {"passed": False, "error": f"the ONNX conversion took over {timeout:.0f} s"})
+                return self._result
+            os.close(self._pipe)
             _, status = os.waitpid(self._pid, 0)
             self._pid = self._pipe = None
             if status != 0 or len(data) < 8:

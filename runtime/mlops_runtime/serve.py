@@ -34,12 +34,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mlops_runtime import drift as drift_mod
 from mlops_runtime.http_asgi import (
+    REQUEST_ID_HEADER,
     HttpError,
     Receive,
     Scope,
     Send,
     configure_logging,
     error_body,
+    header,
     lifespan,
     parse_json,
     read_body,
@@ -393,6 +395,10 @@ class ModelServer:
             if v2:
                 if "inputs" not in doc:
                     raise HttpError(400, "missing field 'inputs': send {\"inputs\": [tensors]}")
+                given_id = doc.get("id")  # the protocol's own request id, when no header gave one
+                if isinstance(given_id, str) and 0 < len(given_id) <= 128 and given_id.isprintable() \
+                        and header(scope, REQUEST_ID_HEADER) is None:
+                    request_id = given_id
                 batch = batch_from_v2_inputs(doc["inputs"], loaded.signature)
             else:
                 if "instances" not in doc:

@@ -271,12 +271,15 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     signature_features, feature_baselines, example = describing.result()
 
     conversion = None
-    if prefetch is not None:
-        prefetch.result()  # no other thread may run when the conversion forks
-        conversion = model_io.OnnxConversion(model, X_train.head(5), X_test, numeric)
     try:
         metrics, _ = evaluation.evaluate(model, task, metric_names, X_test, y_test)
         progress.metrics.update(metrics)
+        if prefetch is not None:
+            # The child only converts and runs ONNX Runtime: scikit-learn's own outputs,
+            # computed here, are what it must match (see OnnxConversion for why).
+            reference = model_io.sklearn_reference(model, X_test)
+            prefetch.result()  # no other thread may run when the conversion forks
+            conversion = model_io.OnnxConversion(model, X_train.head(5), X_test, numeric, reference)
         if config.cv_folds:
             from sklearn.base import clone
 

@@ -207,7 +207,7 @@ def test_canary_split_holds_within_one_percent_and_metrics_match(stack: dict) ->
     before = {v: metric(router.url, "mlops_router_requests_total", variant=v, code="200")
               for v in ("champion", "challenger")}
     served_before = metric(stack["challenger"].url, "mlops_inference_requests_total", code="200")
-    n = 2_000
+    n = 10_000
     results = asyncio.run(fire(router.url + "/predict", [{"instances": [ROWS[i % 150]]} for i in range(n)]))
     assert all(status == 200 for status, _, _ in results)
     variants = Counter(headers["x-mlops-variant"] for _, headers, _ in results)

@@ -147,9 +147,10 @@ def test_predictions_equal_the_in_memory_model(servers: dict, versions: dict, ba
     assert matrix["outputs"][0]["data"] == expected_labels
     np.testing.assert_allclose(np.reshape(matrix["outputs"][1]["data"], (150, 3)), expected_proba, atol=1e-4)
 
-    per_feature = httpx.post(url + "/v2/models/iris/infer", json={"inputs": [
+    per_feature = httpx.post(url + "/v2/models/iris/infer", json={"id": f"v2-{backend}", "inputs": [
         {"name": c, "shape": [150], "datatype": "FP64", "data": IRIS[c].tolist()} for c in IRIS.columns]}).json()
     assert per_feature["outputs"][0]["data"] == expected_labels
+    assert per_feature["id"] == f"v2-{backend}" == per_feature["parameters"]["request_id"]
 
     for i in (0, 77, 149):
         one = httpx.post(url + "/predict", json={"instances": [IRIS.iloc[i].tolist()]},

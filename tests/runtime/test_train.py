@@ -344,3 +344,28 @@ def test_onnx_verdict_says_why(converted, parity, verdict):
 def test_documents_are_strict_json():
     document = {"mean": np.float64(1.5), "values": [float("nan"), np.int64(3)], "edges": np.arange(2)}
     assert json.loads(train.json_bytes(document)) == {"mean": 1.5, "values": [None, 3], "edges": [0, 1]}
+
+
+def test_a_conversion_child_that_never_answers_is_given_up_not_waited_for():
+    """A hung ONNX conversion must not hang the training Job: after the deadline the child is
+    killed and the model is served from skops."""
+    import os
+
+    from mlops_runtime.model_io import OnnxConversion
+
+    conversion = OnnxConversion.__new__(OnnxConversion)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child that keeps the pipe open and never writes
+        os.close(read_end)
+        import time
+
+        time.sleep(60)
+        os._exit(0)
+    os.close(write_end)
+    conversion._result, conversion._pid, conversion._pipe = None, pid, read_end
+    onnx_bytes, parity = conversion.result(timeout=0.5)
+    assert onnx_bytes is None
+    assert parity["passed"] is False and "took over" in parity["error"]
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, 0)  # already reaped: no child left behind
