@@ -126,6 +126,15 @@ def evaluate(model: Any, task: str, names: list[str], X_test: Any, y_test: Any) 
     return classification_metrics(names, y_test, y_pred, proba, model.classes_), y_pred
 
 
+def evaluate_outputs(
+    model: Any, task: str, names: list[str], y_test: Any, y_pred: Any, proba: Any | None
+) -> dict[str, float]:
+    """The metrics of `evaluate` from outputs the caller already has."""
+    if task == "regression":
+        return regression_metrics(names, y_test, y_pred)
+    return classification_metrics(names, y_test, y_pred, proba, model.classes_)
+
+
 def sklearn_scoring(name: str, task: str, n_classes: int) -> tuple[str, float]:
     """(scikit-learn scorer name, sign to turn its value into ours)."""
     if name == "roc_auc":

@@ -173,14 +173,6 @@ class Background:
         return self._value
 
 
-def _import_converters() -> None:
-    try:
-        import onnxruntime  # noqa: F401
-        import skl2onnx  # noqa: F401
-    except ImportError:
-        pass
-
-
 def connect_store(config: TrainConfig, env: Mapping[str, str]) -> Any:
     """The artifact store, with the output bucket created: fails fast (exit 75) when S3 is
     unreachable, before any time is spent on the fit."""
@@ -260,26 +252,29 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     model = estimators.build_pipeline(estimator, categorical)
     lap("data")
 
-    # Tree and linear fits release the GIL: describe the data and import the ONNX converter
-    # meanwhile, on the other core.
+    # Tree and linear fits release the GIL: describe the data meanwhile, on the other core.
+    # (The ONNX converter is imported by the conversion's own process, not here: a Python
+    # import in a thread competes with the fit for the GIL.)
     describing = Background(lambda: (baseline.signature_features(data.X, numeric),
                                      baseline.feature_baselines(X_train, numeric, config.seed),
                                      baseline.input_example(X_test)), "describe-data")
-    prefetch = Background(_import_converters, "import-onnx") if config.onnx else None
     fit(model, X_train, y_train, config.estimator)
     lap("fit")
     signature_features, feature_baselines, example = describing.result()
 
     conversion = None
     try:
-        metrics, _ = evaluation.evaluate(model, task, metric_names, X_test, y_test)
-        progress.metrics.update(metrics)
-        if prefetch is not None:
-            # The child only converts and runs ONNX Runtime: scikit-learn's own outputs,
-            # computed here, are what it must match (see OnnxConversion for why).
+        if config.onnx:
+            # One pass of scikit-learn over the test split serves the metrics and is the
+            # reference the ONNX form must match. The conversion's child process only
+            # converts and runs ONNX Runtime (see OnnxConversion for why), while this
+            # process dumps and uploads.
             reference = model_io.sklearn_reference(model, X_test)
-            prefetch.result()  # no other thread may run when the conversion forks
             conversion = model_io.OnnxConversion(model, X_train.head(5), X_test, numeric, reference)
+            metrics = evaluation.evaluate_outputs(model, task, metric_names, y_test, *reference)
+        else:
+            metrics, _ = evaluation.evaluate(model, task, metric_names, X_test, y_test)
+        progress.metrics.update(metrics)
         if config.cv_folds:
             from sklearn.base import clone
 
