@@ -8,7 +8,7 @@ loop) both talk to it over real HTTP. Its discovery declares every kind of
 Services, ConfigMaps, Secrets, Pods, Events, Namespaces, CRDs, ...).
 
 kmock keeps objects as plain JSON: no resourceVersion, no generation, no garbage
-collection, no schema; a patch is a naive merge (see /work/shared/TEST_SERVERS.md). This
+collection, no schema; a patch is a naive merge (kmock 0.8, as measured when these tests were written). This
 subclass adds what our adapters need from a server and is cheap to emulate honestly:
 what every API server stamps on create (`uid`, which owner references need;
 `creationTimestamp`; a `resourceVersion`, which kopf's patches test and which never

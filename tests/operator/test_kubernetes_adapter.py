@@ -1,7 +1,7 @@
 """KubernetesCluster over real HTTP against kmock's Kubernetes emulator.
 
 The emulator keeps no resourceVersion and no generation, collects no garbage and merges
-patches naively (see /work/shared/TEST_SERVERS.md), so these tests prove the adapter's
+patches naively (kmock 0.8, as measured when these tests were written), so these tests prove the adapter's
 requests (paths, verbs, content types, query parameters, bodies) and its error mapping;
 the API semantics themselves are proven against the in-memory cluster
 (tests/unit/test_memory_cluster.py).

@@ -1,4 +1,4 @@
-"""Experiment: a hyperparameter search that trains TrialRuns and registers the best."""
+"""Experiment: a hyperparameter search that trains TrainingRuns and registers the best."""
 
 from __future__ import annotations
 
