@@ -365,6 +365,19 @@ def test_paths_under_an_empty_dir_mount_point_to_a_local_folder(cluster: LocalCl
     assert home.is_dir() and tmp_path in home.parents
 
 
+def test_the_interpreter_is_never_taken_for_a_path_inside_a_mount(cluster: LocalCluster, executor: Executor) -> None:
+    """This checkout's python may live under a folder a pod mounts (a clone under /tmp, an
+    emptyDir at /tmp): it is a program of this machine, never remapped into the pod's folder."""
+    manifest = job("interpreter", "import os, sys; open(os.environ['MLOPS_TERMINATION_LOG'], 'w').write(sys.executable)")
+    pod_spec = manifest["spec"]["template"]["spec"]
+    pod_spec["volumes"] = [{"name": "shadow", "emptyDir": {}}]
+    pod_spec["containers"][0]["volumeMounts"] = [{"name": "shadow", "mountPath": str(Path(sys.executable).parent)}]
+    cluster.create(manifest)
+    run_until(executor, lambda: job_condition(cluster, "interpreter"))
+    [pod] = pods_of(cluster, "interpreter")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == sys.executable
+
+
 def test_each_replica_is_a_process_behind_the_service(cluster: LocalCluster, executor: Executor) -> None:
     manifest = deployment("pair", [])
     manifest["spec"]["replicas"] = 2

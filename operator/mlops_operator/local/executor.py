@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -712,9 +711,10 @@ class Executor:
             for variable in S3_ENDPOINT_VARIABLES:
                 if variable in env or variable == "AWS_ENDPOINT_URL":
                     env[variable] = self.s3.endpoint
-        argv = [self.local_url(part, pod.namespace) for part in podspec.map_paths(list(container.argv), mounts)]
-        if argv[0] in podspec.PYTHON_NAMES:
-            argv[0] = sys.executable
+        # argv[0] is already a program of this machine (the image's python became this
+        # interpreter): only the arguments can name paths inside the container's mounts.
+        program, *arguments = container.argv
+        argv = [program, *(self.local_url(part, pod.namespace) for part in podspec.map_paths(arguments, mounts))]
         if server:
             argv = podspec.with_listen_address(argv, int(pod.port or 0))
         return argv, env
