@@ -28,13 +28,14 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api.inference_service import CounterSnapshot, VariantCounters
+from .reconcile.drift import KS_METRIC, PSI_METRIC
 
 UrlFor = Callable[[str, str, int], str]
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -46,6 +47,9 @@ def cluster_url_for(service: str, namespace: str, port: int) -> str:
 
 class MetricsUnavailable(Exception):
     """The analysis inputs could not be read; the message says from where and why."""
+
+
+DRIFT_METRICS = (PSI_METRIC, KS_METRIC)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,14 @@ def _promql_string(value: str) -> str:
     return json.dumps(value)
 
 
+def drift_queries(target: AnalysisTarget) -> dict[str, str]:
+    """Prometheus: the champion's drift gauges, the worst pod per feature, as the direct
+    scrape computes it."""
+    ns = f'namespace=~{_promql_string(target.namespace + "|")}'
+    matcher = f"model={_promql_string(target.model)},version={_promql_string(target.champion_version or '')},{ns}"
+    return {name: f"max by (model, version, feature) ({name}{{{matcher}}})" for name in DRIFT_METRICS}
+
+
 def prometheus_queries(target: AnalysisTarget) -> dict[str, str]:
     """Instant queries whose results, turned back into samples, feed `snapshot_from_samples`.
     `namespace=~"ns|"` also matches series without a namespace label."""
@@ -220,9 +232,14 @@ class MetricsReader:
         return samples
 
     def _query_prometheus(self, target: AnalysisTarget) -> list[Sample]:
+        return self._prometheus(target, prometheus_queries(target))
+
+    def _prometheus(self, target: AnalysisTarget, queries: Mapping[str, str]) -> list[Sample]:
+        """Instant queries at `target.prometheus_url`; each result series becomes a Sample
+        named by its key in `queries`."""
         base = (target.prometheus_url or "").rstrip("/")
         samples: list[Sample] = []
-        for name, query in prometheus_queries(target).items():
+        for name, query in queries.items():
             url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
             try:
                 doc = json.loads(self._get(url))
@@ -233,6 +250,14 @@ class MetricsReader:
             for series in doc["data"]["result"]:
                 samples.append(Sample(name, dict(series["metric"]), float(series["value"][1])))
         return samples
+
+    def read_drift(self, target: AnalysisTarget) -> list[Sample]:
+        """The champion's drift gauges (the worst pod per feature, through Prometheus, or
+        every pod's own /metrics); raises MetricsUnavailable."""
+        if target.prometheus_url:
+            return self._prometheus(target, drift_queries(target))
+        bases = self._bases(target.champion_urls, target.champion_service, target)
+        return [s for s in self._scrape(bases) if s.name in DRIFT_METRICS]
 
     def router_configs(self, target: AnalysisTarget) -> list[dict[str, Any]]:
         """What each router pod says it uses (`GET /admin/config`). When the routers cannot be
@@ -254,13 +279,5 @@ class MetricsReader:
     def _router_weights(self, target: AnalysisTarget) -> list[dict[str, Any]]:
         ns = f'namespace=~{_promql_string(target.namespace + "|")}'
         query = f"mlops_router_weight{{service={_promql_string(target.service)},{ns}}}"
-        url = f"{(target.prometheus_url or '').rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-        try:
-            doc = json.loads(self._get(url))
-        except json.JSONDecodeError as error:
-            raise MetricsUnavailable(f"{url}: not JSON: {error}") from None
-        if doc.get("status") != "success":
-            raise MetricsUnavailable(f"Prometheus query {query!r} failed: {doc.get('error', doc)}")
-        return [{"weight": float(series["value"][1]),
-                 "challenger": target.challenger_service if float(series["value"][1]) > 0 else None}
-                for series in doc["data"]["result"]]
+        return [{"weight": sample.value, "challenger": target.challenger_service if sample.value > 0 else None}
+                for sample in self._prometheus(target, {"mlops_router_weight": query})]

@@ -16,7 +16,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ import httpx
 import pytest
 from sklearn.datasets import load_iris
 
+from trainer import train_all
 from mlops_operator.cluster.memory import InMemoryCluster
 from mlops_operator.cluster.port import NotFound
 from mlops_operator.controllers import inference_service as controller
@@ -50,20 +50,10 @@ def train_versions(s3: Any, bucket: str, tmp: Path) -> dict[str, dict[str, Any]]
         "iris-v2": ("sklearn.linear_model.LogisticRegression", {"max_iter": 500, "C": 0.5}),
         "iris-v3": ("sklearn.dummy.DummyClassifier", {"strategy": "most_frequent"}),
     }
-    running = {}
-    for name, (estimator, params) in configs.items():
-        path = tmp / f"{name}.json"
-        path.write_text(json.dumps({"dataset": {"uri": "sklearn://iris"}, "estimator": estimator, "params": params,
-                                    "onnx": False, "output": f"s3://{bucket}/{NS}/iris/{name}/"}))
-        running[name] = subprocess.Popen([sys.executable, "-m", "mlops_runtime.train", "--config", str(path),
-                                          "--termination-log", str(tmp / f"{name}.termination")],
-                                         env={**os.environ, **s3.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    summaries = {}
-    for name, process in running.items():
-        out, err = process.communicate(timeout=180)
-        assert process.returncode == 0, f"training {name} failed: {err.decode()[-2000:]}"
-        summaries[name] = json.loads(out.decode().strip().splitlines()[-1])
-    return summaries
+    return train_all(s3, tmp, {
+        name: {"dataset": {"uri": "sklearn://iris"}, "estimator": estimator, "params": params,
+               "onnx": False, "output": f"s3://{bucket}/{NS}/iris/{name}/"}
+        for name, (estimator, params) in configs.items()})
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
+from trainer import train_all
 from mlops_runtime.router import (
     ConfigError,
     RouterConfig,
@@ -95,21 +94,7 @@ def test_feedback_answers_merge_across_variants() -> None:
 # -- real processes ------------------------------------------------------------------------------
 
 
-def train(s3: Any, tmp: Path, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    running = {}
-    for key, config in configs.items():
-        path = tmp / f"{key}.json"
-        path.write_text(json.dumps(config))
-        running[key] = subprocess.Popen(
-            [sys.executable, "-m", "mlops_runtime.train", "--config", str(path),
-             "--termination-log", str(tmp / f"{key}.termination")],
-            env={**os.environ, **s3.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    summaries = {}
-    for key, process in running.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, f"training {key} failed: {err.decode()[-2000:]}"
-        summaries[key] = json.loads(out.decode().strip().splitlines()[-1])
-    return summaries
+
 
 
 def write_configmap(folder: Path, doc: dict[str, Any]) -> None:
@@ -130,7 +115,7 @@ def stack(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     bucket = f"router-{uuid.uuid4().hex[:12]}"
     s3.client().make_bucket(bucket)
     tmp = tmp_path_factory.mktemp("router")
-    versions = train(s3, tmp, {
+    versions = train_all(s3, tmp, {
         "champion": {"dataset": {"uri": "sklearn://iris"}, "estimator": "sklearn.linear_model.LogisticRegression",
                      "params": {"max_iter": 500}, "output": f"s3://{bucket}/default/iris/iris-t001/"},
         # a one-split tree: it disagrees with the champion on about a third of iris

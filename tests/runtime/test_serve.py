@@ -3,10 +3,6 @@ fixture, requests over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
+from trainer import train_all
 from mlops_runtime.model_io import load_skops
 from mlops_runtime.serving_process import ServerProcess
 from mlops_runtime.store import ArtifactStore
@@ -32,22 +29,7 @@ IRIS = load_iris(as_frame=True).frame.drop(columns=["target"])
 # -- fixtures: trained versions and running servers -------------------------------------------
 
 
-def train_versions(s3: Any, tmp: Path, configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Run `python -m mlops_runtime.train` for each config at once; their summaries by key."""
-    running = {}
-    for key, config in configs.items():
-        path = tmp / f"{key}.json"
-        path.write_text(json.dumps(config))
-        running[key] = subprocess.Popen(
-            [sys.executable, "-m", "mlops_runtime.train", "--config", str(path),
-             "--termination-log", str(tmp / f"{key}.termination")],
-            env={**os.environ, **s3.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    summaries = {}
-    for key, process in running.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, f"training {key} failed: {err.decode()[-2000:]}"
-        summaries[key] = json.loads(out.decode().strip().splitlines()[-1])
-    return summaries
+
 
 
 def houses(rows: int, seed: int) -> pd.DataFrame:
@@ -64,7 +46,7 @@ def versions(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dic
     s3.client().make_bucket(bucket)
     store = ArtifactStore.from_env(s3.env)
     store.put_bytes(f"s3://{bucket}/data/houses.csv", houses(300, 1).to_csv(index=False).encode())
-    summaries = train_versions(s3, tmp_path_factory.mktemp("train"), {
+    summaries = train_all(s3, tmp_path_factory.mktemp("train"), {
         "iris": {"dataset": {"uri": "sklearn://iris"}, "estimator": "sklearn.linear_model.LogisticRegression",
                  "params": {"max_iter": 500}, "output": f"s3://{bucket}/default/iris/iris-t001/"},
         "houses": {"dataset": {"uri": f"s3://{bucket}/data/houses.csv", "target": "price"},

@@ -15,10 +15,7 @@ counters) has no drift gauges to offer.
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.parse
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,7 +25,7 @@ from .. import metrics
 from ..api.inference_service import CounterSnapshot, DriftStatus, InferenceService, InferenceServiceStatus
 from ..api.model_version import ModelVersion
 from ..cluster.port import Cluster, ClusterError, NotFound, Obj
-from ..metrics_reader import AnalysisTarget, MetricsReader, MetricsUnavailable, Sample, parse_exposition
+from ..metrics_reader import AnalysisTarget, MetricsReader, MetricsUnavailable
 from ..reconcile import drift as drift_logic
 from ..reconcile import inference_service as logic
 from ..reconcile.common import Settings
@@ -110,58 +107,10 @@ def analysis_target(cluster: Cluster, isvc: InferenceService, status: InferenceS
 # ---------------------------------------------------------------- drift gauges
 
 
-def _drift_queries(target: AnalysisTarget) -> dict[str, str]:
-    """Prometheus: the worst pod per feature, as the direct scrape computes it."""
-    ns = f'namespace=~{json.dumps(target.namespace + "|")}'
-    matcher = f"model={json.dumps(target.model)},version={json.dumps(target.champion_version or '')},{ns}"
-    return {name: f"max by (model, version, feature) ({name}{{{matcher}}})"
-            for name in (drift_logic.PSI_METRIC, drift_logic.KS_METRIC)}
-
-
-def _get(reader: MetricsReader, url: str) -> bytes:
-    try:
-        with reader.opener(url, timeout=reader.timeout) as response:
-            return response.read()
-    except (OSError, ValueError) as error:  # URLError is an OSError
-        raise MetricsUnavailable(f"GET {url}: {error}") from None
-
-
-def scrape_drift(reader: MetricsReader, target: AnalysisTarget) -> list[Sample]:
-    """The champion's drift gauges through a MetricsReader's own HTTP path."""
-    if target.prometheus_url:
-        base = target.prometheus_url.rstrip("/")
-        samples: list[Sample] = []
-        for name, query in _drift_queries(target).items():
-            url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-            try:
-                doc = json.loads(_get(reader, url))
-            except json.JSONDecodeError as error:
-                raise MetricsUnavailable(f"{url}: not JSON: {error}") from None
-            if doc.get("status") != "success":
-                raise MetricsUnavailable(f"Prometheus query {query!r} failed: {doc.get('error', doc)}")
-            samples += [Sample(name, dict(series["metric"]), float(series["value"][1]))
-                        for series in doc["data"]["result"]]
-        return samples
-    bases: Sequence[str] = target.champion_urls or (
-        [reader.url_for(target.champion_service, target.namespace, target.port)] if target.champion_service else [])
-    samples = []
-    for base in bases:
-        text = _get(reader, base.rstrip("/") + "/metrics").decode("utf-8", errors="replace")
-        try:
-            samples += [s for s in parse_exposition(text) if s.name in (drift_logic.PSI_METRIC, drift_logic.KS_METRIC)]
-        except ValueError as error:
-            raise MetricsUnavailable(f"{base}/metrics: unparsable exposition: {error}") from None
-    return samples
-
-
 def read_drift_samples(reader: Any, target: AnalysisTarget) -> list[Any] | None:
     """The drift gauges `reader` offers (None: it offers none); raises MetricsUnavailable."""
     custom = getattr(reader, "read_drift", None)
-    if callable(custom):
-        return list(custom(target))
-    if isinstance(reader, MetricsReader):
-        return scrape_drift(reader, target)
-    return None
+    return list(custom(target)) if callable(custom) else None
 
 
 class DriftAttempts:
