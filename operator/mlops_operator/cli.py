@@ -23,7 +23,7 @@ from typing import Any
 from mlops_operator.api import API_VERSION
 from mlops_operator.version import __version__
 
-SUBCOMMAND_MODULES = ("mlops_operator.local.commands", "mlops_operator.clusterctl")
+SUBCOMMAND_MODULES = ("mlops_operator.local.commands", "mlops_operator.clusterctl", "mlops_operator.devcluster.commands")
 HANDLERS_MODULE = "mlops_operator.kopf_handlers"
 
 DEFAULT_METRICS_PORT = 9090

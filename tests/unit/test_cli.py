@@ -138,9 +138,10 @@ def test_import_error_inside_a_subcommand_module_is_not_hidden(tmp_path, monkeyp
 
 
 def test_help_lists_the_groups_of_the_declared_subcommand_modules():
-    assert cli.SUBCOMMAND_MODULES == ("mlops_operator.local.commands", "mlops_operator.clusterctl")
+    assert cli.SUBCOMMAND_MODULES == (
+        "mlops_operator.local.commands", "mlops_operator.clusterctl", "mlops_operator.devcluster.commands")
     help_text = run("--help").stdout
-    for group in ("local", "cluster"):
+    for group in ("local", "cluster", "dev"):
         assert f"\n    {group} " in help_text
 
 

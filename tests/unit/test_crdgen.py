@@ -464,15 +464,15 @@ def test_render_is_deterministic_yaml_with_the_header():
 
 def test_render_all_names_files_by_plural_and_group():
     files = crdgen.render_all([Gadget])
-    assert sorted(files) == ["gadgets.toys.example.io.yaml", "kustomization.yaml"]
-    assert yaml.safe_load(files["kustomization.yaml"])["resources"] == ["gadgets.toys.example.io.yaml"]
+    assert sorted(files) == ["Kustomization", "gadgets.toys.example.io.yaml"]
+    assert yaml.safe_load(files["Kustomization"])["resources"] == ["gadgets.toys.example.io.yaml"]
 
 
 def test_compare_and_write_report_stale_missing_and_extra(tmp_path):
     files = crdgen.render_all([Gadget])
     assert crdgen.compare(tmp_path, files) == [
+        ("Kustomization", "missing"),
         ("gadgets.toys.example.io.yaml", "missing"),
-        ("kustomization.yaml", "missing"),
     ]
     assert crdgen.write(tmp_path, files) == crdgen.compare(tmp_path / "nowhere", files)
     assert crdgen.compare(tmp_path, files) == []
@@ -487,7 +487,7 @@ def test_compare_and_write_report_stale_missing_and_extra(tmp_path):
     crdgen.write(tmp_path, files)
     assert crdgen.compare(tmp_path, files) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "Kustomization",
         "README.txt",
         "gadgets.toys.example.io.yaml",
-        "kustomization.yaml",
     ]

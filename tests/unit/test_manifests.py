@@ -154,7 +154,7 @@ def test_only_known_kinds_are_skipped_and_none_of_our_custom_resources_ship(base
 
 
 def test_the_crds_directory_lists_every_generated_crd() -> None:
-    listed = set(yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())["resources"])
+    listed = set(yaml.safe_load((ROOT / "crds" / "Kustomization").read_text())["resources"])
     assert listed == {f"{name}.yaml" for name in CRD_NAMES}
     assert {p.name for p in (ROOT / "crds").glob(f"*.{GROUP}.yaml")} == listed
 
@@ -376,7 +376,7 @@ def test_cluster_plans_refer_to_files_that_exist() -> None:
     deploy = clusterctl.plan_deploy("kind-mlops", ROOT, kubectl_path)
     applied = [Path(step.argv[step.argv.index("-k") + 1]) for step in deploy if "-k" in step.argv]
     assert applied == [ROOT / "crds", ROOT / "manifests" / "overlays" / "kind"]
-    assert all((path / "kustomization.yaml").is_file() for path in applied)
+    assert all((path / "kustomization.yaml").is_file() or (path / "Kustomization").is_file() for path in applied)
     for step in deploy:
         assert step.argv[:3] == (kubectl_path, "--context", "kind-mlops"), "never the current context"
     load = clusterctl.plan_load("mlops", ROOT)

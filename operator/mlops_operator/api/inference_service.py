@@ -96,12 +96,12 @@ class Rollout(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "size(self.steps) > 0 && self.steps[size(self.steps) - 1] == 100",
+                    "rule": "!has(self.steps) || (size(self.steps) > 0 && self.steps[size(self.steps) - 1] == 100)",
                     "message": "steps must end at 100",
                     "fieldPath": ".steps",
                 },
                 {
-                    "rule": "self.steps.isSorted() && self.steps.all(x, self.steps.exists_one(y, y == x))",
+                    "rule": "!has(self.steps) || (self.steps.isSorted() && self.steps.all(x, self.steps.exists_one(y, y == x)))",
                     "message": "steps must be strictly increasing",
                     "fieldPath": ".steps",
                 },

