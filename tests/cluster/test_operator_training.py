@@ -87,6 +87,8 @@ def test_iris_example_trains_to_a_validated_version_as_the_operators_service_acc
                           "a Validated ModelVersion", timeout=180)
     assert [mv["metadata"]["name"] for mv in versions] == ["iris-v1"]
     assert conditions(versions[0])["Ready"]["status"] == "True"
+    reasons = {e["reason"] for e in listed(control_plane, "v1", "Event", namespace)}
+    assert {"TrialStarted", "BestTrialImproved", "VersionRegistered", "Validated", "Succeeded"} <= reasons
     assert operator.forbidden() == [], "\n".join(operator.forbidden())
 
 
@@ -183,3 +185,25 @@ def test_no_watch_event_is_lost_in_a_burst(control_plane: Cluster, operator: Ope
                            for n in names),
                f"all 20 ModelVersions to get a status within one timer interval ({interval:.0f} s)",
                timeout=interval, interval=0.2)
+
+
+def test_what_only_the_operator_can_judge_gives_ready_false_and_a_warning_event(
+        control_plane: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    # The CRD cannot know the operator's estimator allow-list: the API server accepts this.
+    document = experiment("bad", trials=2, parallelism=2)
+    document["spec"]["estimator"] = "subprocess.Popen"
+    apply_as(control_plane, ARGO, namespace, document)
+
+    def refused() -> dict[str, Any] | None:
+        condition = conditions(control_plane.admin.get(API, "Experiment", namespace, "bad")).get("Ready")
+        return condition if condition and condition["reason"] == "InvalidSpec" else None
+
+    condition = eventually(refused, "Ready=False/InvalidSpec")
+    assert condition["status"] == "False"
+    assert condition["message"].startswith("spec.estimator: 'subprocess.Popen' is not in the operator's allow-list")
+    events = eventually(lambda: [e for e in listed(control_plane, "v1", "Event", namespace)
+                                 if e["reason"] == "InvalidSpec" and e["involvedObject"]["name"] == "bad"],
+                        "an InvalidSpec Event")
+    assert events[0]["type"] == "Warning" and "spec.estimator" in events[0]["message"]
+    assert listed(control_plane, API, "TrainingRun", namespace) == []
+    assert operator.forbidden() == [], "\n".join(operator.forbidden())
