@@ -35,13 +35,35 @@ from mlops_operator.cluster.kubernetes import KubernetesCluster
 from mlops_operator.cluster.port import NotFound
 
 
+_BUILD_PROBLEM = pytest.StashKey[str]()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Build the binaries (or find them cached) before any test runs: a cold build takes
+    minutes, which no test's timeout should count."""
+    here = Path(__file__).parent
+    if not any(Path(str(item.path)).is_relative_to(here) for item in items):
+        return
+    from mlops_operator.devcluster import build
+
+    try:
+        build.build(log=lambda line: print(f"\n{line}", file=sys.stderr))
+    except build.ControlPlaneUnavailable as error:
+        config.stash[_BUILD_PROBLEM] = str(error)
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from mlops_operator import crdgen
     from mlops_operator.devcluster import build, cluster
     from mlops_operator.devcluster.control_plane import ControlPlaneError
 
     required = os.environ.get("MLOPS_REQUIRE_CONTROL_PLANE") == "1"
+    problem = request.config.stash.get(_BUILD_PROBLEM, None)
+    if problem is not None:
+        if required:
+            pytest.fail(f"the control-plane tier cannot run: {problem}", pytrace=False)
+        pytest.skip(f"the control-plane tier needs its binaries: {problem}")
     directory = tmp_path_factory.mktemp("control-plane")
     try:
         plane = cluster.up(directory, crdgen.default_crds_dir(), log=lambda line: print(line, file=sys.stderr))
