@@ -64,6 +64,10 @@ MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 
 _locks: dict[tuple[str, str | None, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+# Wake-ups waiting for their object's lock. One waiting wake-up reads the object fresh once
+# it holds the lock, so it stands for every event that came while it waited: 200 trials
+# changing at once wake their Experiment a few times, not 200 times (each sync lists them all).
+_waiting: set[tuple[str, str | None, str]] = set()
 
 
 @kopf.on.startup()
@@ -122,12 +126,17 @@ def _lock_for(kind: str, namespace: str | None, name: str) -> threading.Lock:
 def reconcile_object(kind: str, obj: Obj, memo: kopf.Memo) -> Plan:
     """One sync of `obj` under its lock."""
     meta = obj["metadata"]
-    sync = sync_for(kind)
     with _lock_for(kind, meta.get("namespace"), meta["name"]):
-        now = datetime.now(UTC)
-        if kind == "ModelVersion":
-            return sync(memo.cluster, obj, now)
-        return sync(memo.cluster, obj, now, settings=memo.settings)
+        return sync_locked(kind, obj, memo)
+
+
+def sync_locked(kind: str, obj: Obj, memo: kopf.Memo) -> Plan:
+    """One sync of `obj`; the caller holds its lock."""
+    sync = sync_for(kind)
+    now = datetime.now(UTC)
+    if kind == "ModelVersion":
+        return sync(memo.cluster, obj, now)
+    return sync(memo.cluster, obj, now, settings=memo.settings)
 
 
 def _reconcile_handler(kind: str, body: kopf.Body, memo: kopf.Memo, *, permanent: bool) -> None:
@@ -140,15 +149,28 @@ def _reconcile_handler(kind: str, body: kopf.Body, memo: kopf.Memo, *, permanent
 
 
 def _wake(kind: str, namespace: str | None, name: str, memo: kopf.Memo, logger: logging.Logger) -> None:
-    """Sync the object `kind/name` now (it is read fresh: the event came from a child)."""
+    """Sync the object `kind/name` now (it is read fresh: the event came from a child),
+    unless a wake-up of it is already waiting, which will read it after this event."""
+    key = (kind, namespace, name)
+    with _locks_guard:
+        if key in _waiting:
+            return
+        _waiting.add(key)
     try:
-        obj = memo.cluster.get(API_VERSION, kind, namespace, name)
-    except NotFound:
-        return
-    try:
-        reconcile_object(kind, obj, memo)
+        with _lock_for(kind, namespace, name):
+            # From here on, a new event must wake it again: what it changes may come after the read.
+            with _locks_guard:
+                _waiting.discard(key)
+            try:
+                obj = memo.cluster.get(API_VERSION, kind, namespace, name)
+            except NotFound:
+                return
+            sync_locked(kind, obj, memo)
     except Exception as error:  # the parent's own handlers and timer retry; do not kill the watch
         logger.warning("waking %s %s/%s failed: %s", kind, namespace, name, error)
+    finally:
+        with _locks_guard:
+            _waiting.discard(key)
 
 
 def _register(plural: str) -> Callable[..., None]:
