@@ -66,7 +66,20 @@ class Analysis(ApiModel):
     min_sample_size: int = Field(
         default=50, ge=1, description="Requests (and feedback labels) needed before a verdict; fewer is Inconclusive."
     )
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion tests.")
+    confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="1 - the chance of rolling back a challenger as good as the champion, over the whole rollout "
+        "(anytime-valid bounds: every step and interval included).",
+    )
+    max_latency_tail_increase: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="How much larger the challenger's share of requests slower than the champion's p95 bucket "
+        "may be (0.05: up to 10% of its requests against the champion's 5%).",
+    )
     failure_limit: int = Field(default=1, ge=1, description="Failed analyses before rolling back.")
     # The wire name is spelled as users know it from Flagger and the issue: prometheusURL.
     prometheus_url: str | None = Field(

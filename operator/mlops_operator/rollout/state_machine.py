@@ -275,13 +275,10 @@ def _analysing(status: InferenceServiceStatus, spec: Rollout, obs: Observations,
         return Outcome(status=status, requeue_after=_next_look(status, spec, now))
     if obs.metrics is None:
         return _inconclusive(status, spec, now, f"metrics unavailable: {obs.metrics_error or 'not read'}")
-    weights = planned_steps(spec)
     step = status.current_step or 0
     rollout_baseline = status.rollout_baseline or status.window_baseline
-    planned = len(weights) if spec.strategy == "canary" else spec.shadow_iterations
     inp = AnalysisInput(window=snapshot_delta(obs.metrics, status.window_baseline),
-                        rollout=snapshot_delta(obs.metrics, rollout_baseline),
-                        mode=spec.strategy, planned_analyses=planned)
+                        rollout=snapshot_delta(obs.metrics, rollout_baseline), mode=spec.strategy)
     result = analyse(inp, spec.analysis, time=timestamp(now), step=step, weight=traffic(status, spec).challenger)
     if result.verdict == "Inconclusive":
         new = status.model_copy(update={"last_analysis": result,
