@@ -100,7 +100,8 @@ class Search(ApiModel):
     max_failed_trials: int = Field(default=3, ge=0, le=10000)
     seed: int = Field(default=0, ge=0, description="Makes random and bayesian proposals reproducible.")
     initial_random_trials: int = Field(
-        default=3, ge=1, le=100, description="Bayesian search starts with this many random trials."
+        default=10, ge=1, le=100,
+        description="Bayesian search starts with this many random trials (optuna's default for TPE).",
     )
     early_stopping: EarlyStopping | None = None
 

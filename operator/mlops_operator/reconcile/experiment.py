@@ -341,11 +341,15 @@ def _with_retrain(exp: Experiment, status: ExperimentStatus, observed: Experimen
 
 def _start_trials(exp: Experiment, decision: Decision) -> tuple[list[dict[str, Any]], list[Event]]:
     """The new trials' manifests, each with its TrialStarted Event."""
-    history = [(_searched(exp, t.params), float(t.objective_value))  # type: ignore[arg-type]
-               for t in decision.trials if t.phase == "Succeeded" and t.objective_value is not None]
+    # Every started trial, in index order: the scored ones teach the sampler, all of them
+    # (and the ones this pass starts) are points not to propose again.
+    history: list[tuple[dict[str, Any], float | None]] = [
+        (_searched(exp, t.params), float(t.objective_value) if t.phase == "Succeeded"
+         and t.objective_value is not None else None) for t in decision.trials]
     children, events = [], []
     for index in decision.new_indices:
         proposal = propose(exp.spec.search, history, index, maximizing(exp))
+        history.append((proposal, None))
         manifest = desired_trial(exp, index, proposal)
         children.append(manifest)
         events.append(Event(REASON_TRIAL_STARTED, f"started {manifest['metadata']['name']}: {_format_params(proposal)}"))
