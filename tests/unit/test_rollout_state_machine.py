@@ -75,7 +75,7 @@ def test_error_spike_at_25_percent_is_rolled_back_within_one_interval():
     assert rolled and rolled[0].startswith("Warning/")
     # The message carries the numbers, counted since the rollout started (the spike began one
     # tick into the step: 45 errors in 350 requests).
-    assert "challenger error rate 12.86% (45/350) surely above the maximum 1.00%" in rolled[0]
+    assert "challenger error rate 12.86% (45/350), at least 6.925%, surely above the maximum 1.00%" in rolled[0]
     assert status.last_analysis.verdict == "Fail" and status.last_analysis.weight == 25
     error_check = next(c for c in status.last_analysis.checks if c.name == "errorRate")
     assert error_check.challenger == pytest.approx(0.1286) and error_check.samples == 350

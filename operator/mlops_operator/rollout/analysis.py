@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ..api.inference_service import Analysis, AnalysisResult, CheckResult, CounterSnapshot, VariantCounters
 from .statistics import (
@@ -42,8 +45,10 @@ from .statistics import (
     quantile_bucket,
     rate,
     slower_than,
+    lower_bound,
     surely_above,
     surely_higher,
+    upper_bound,
 )
 
 # The share of observations above the 95th percentile.
@@ -121,6 +126,48 @@ def _challenger_errors(snapshot: CounterSnapshot, mode: str) -> tuple[float, flo
     return snapshot.challenger.errors, snapshot.challenger.requests
 
 
+@dataclass(frozen=True)
+class RateJudgement:
+    """What the bounds say about a challenger's rate of bad outcomes (5xx, wrong answers)
+    against a fixed limit and the champion's rate. Fields are bools (or arrays of them, for
+    the benchmark's thousands of rollouts at once)."""
+
+    above_limit: Any  # surely above the limit
+    worse: Any  # surely above the champion's rate plus the margin
+    suspicious: Any  # neither, but the observed rate is beyond the limit or the champion's bound
+    low: Any  # the challenger's lower bound
+    high: Any  # the champion's upper bound
+
+
+def judge_rates(bad_c, n_c, bad_r, n_r, alpha: float, limit: float | None = None,
+                margin: float = 0.0) -> RateJudgement:
+    """One mechanism for every rate check. The challenger's lower bound at alpha / 2 serves
+    both the limit and the champion comparison (one event covers both), the champion's upper
+    bound takes the other alpha / 2. `suspicious` holds the step (Inconclusive) rather than
+    letting a challenger that looks worse, without proof yet, pass on thin evidence."""
+    scalar = all(np.ndim(v) == 0 for v in (bad_c, n_c, bad_r, n_r))
+    bad_c, n_c, bad_r, n_r = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64))
+                                                   for v in (bad_c, n_c, bad_r, n_r)))
+    observed_c = np.divide(bad_c, n_c, out=np.zeros_like(bad_c), where=n_c > 0)
+    observed_r = np.divide(bad_r, n_r, out=np.zeros_like(bad_r), where=n_r > 0)
+    over_limit = observed_c > limit if limit is not None else np.zeros_like(observed_c, dtype=bool)
+    # A bound below the observed rate cannot clear what the observed rate does not: only the
+    # challengers that look worse need bounds (the benchmark judges millions of looks).
+    look_worse = observed_c > observed_r + margin
+    low = np.zeros_like(observed_c)
+    high = np.ones_like(observed_c)
+    need = over_limit | look_worse
+    low[need] = lower_bound(bad_c[need], n_c[need], alpha / 2)
+    high[look_worse] = upper_bound(bad_r[look_worse], n_r[look_worse], alpha / 2)
+    above = over_limit & (low > (limit if limit is not None else 1.0))
+    worse = look_worse & (low > high + margin) & ~above
+    suspicious = ((look_worse & (observed_c > high + margin)) | over_limit) & ~above & ~worse
+    if scalar:
+        return RateJudgement(above_limit=bool(above[0]), worse=bool(worse[0]), suspicious=bool(suspicious[0]),
+                             low=float(low[0]), high=float(high[0]))
+    return RateJudgement(above_limit=above, worse=worse, suspicious=suspicious, low=low, high=high)
+
+
 def check_error_rate(inp: AnalysisInput, spec: Analysis) -> CheckResult:
     alpha = check_alpha(spec)
     champion = inp.rollout.champion
@@ -129,23 +176,25 @@ def check_error_rate(inp: AnalysisInput, spec: Analysis) -> CheckResult:
     base = {"name": "errorRate", "threshold": spec.max_error_rate, "samples": int(n),
             "champion": _round(rate(champion.errors, champion.requests)),
             "challenger": _round(rate(errors, n))}
-    if n > 0:
-        observed = f"{errors / n:.2%} ({int(errors)}/{int(n)})"
-        # One lower bound of the challenger's rate (at alpha / 2) serves both comparisons.
-        if surely_above(errors, n, spec.max_error_rate, alpha / 2):
-            return CheckResult(**base, verdict="Fail", message=(
-                f"challenger error rate {observed} surely above the maximum {spec.max_error_rate:.2%} "
-                f"(confidence {1 - alpha / 2:.4g}, valid at every look)"))
-        worse, low, high = surely_higher(errors, n, champion.errors, champion.requests, alpha)
-        if worse:
-            return CheckResult(**base, verdict="Fail", message=(
-                f"challenger error rate {observed}, at least {low:.3%}, surely above the champion's "
-                f"{champion.errors / champion.requests:.2%}, at most {high:.3%} (confidence {1 - alpha:.4g}, "
-                f"valid at every look)"))
+    observed = f"{errors / n:.2%} ({int(errors)}/{int(n)})" if n > 0 else "unmeasured (0 requests)"
+    champion_rate = rate(champion.errors, champion.requests) or 0.0
+    judged = judge_rates(errors, n, champion.errors, champion.requests, alpha, limit=spec.max_error_rate)
+    if judged.above_limit:
+        return CheckResult(**base, verdict="Fail", message=(
+            f"challenger error rate {observed}, at least {judged.low:.3%}, surely above the maximum "
+            f"{spec.max_error_rate:.2%} (confidence {1 - alpha / 2:.4g}, valid at every look)"))
+    if judged.worse:
+        return CheckResult(**base, verdict="Fail", message=(
+            f"challenger error rate {observed}, at least {judged.low:.3%}, surely above the champion's "
+            f"{champion_rate:.2%}, at most {judged.high:.3%} (confidence {1 - alpha:.4g}, valid at every look)"))
+    if judged.suspicious:
+        return CheckResult(**base, verdict="Inconclusive", message=(
+            f"challenger error rate {observed} above the maximum {spec.max_error_rate:.2%} or the champion's "
+            f"{champion_rate:.2%} (at most {judged.high:.3%}), not surely yet: gathering evidence"))
     if step_n < spec.min_sample_size:
         return CheckResult(**base, verdict="Inconclusive",
                            message=f"{int(step_n)} challenger requests in this step, {spec.min_sample_size} needed")
-    return CheckResult(**base, verdict="Pass", message=f"challenger error rate {errors / n:.2%} ({int(errors)}/{int(n)})")
+    return CheckResult(**base, verdict="Pass", message=f"challenger error rate {observed}")
 
 
 def _buckets(counters: VariantCounters) -> dict[float, float]:
@@ -209,14 +258,17 @@ def check_accuracy(inp: AnalysisInput, spec: Analysis) -> CheckResult:
                            message=f"{' and '.join(inp.window.missing)} server metrics unavailable")
     summary = (f"online accuracy challenger {rate(challenger.feedback_correct, n_c) or 0.0:.2%} ({int(n_c)} labels) "
                f"vs champion {rate(champion.feedback_correct, n_r) or 0.0:.2%} ({int(n_r)} labels)")
-    if n_c > 0 and n_r > 0:
-        worse, low, high = surely_higher(challenger.feedback_incorrect, n_c, champion.feedback_incorrect, n_r,
-                                         alpha, margin=spec.max_accuracy_drop)
-        if worse:
-            return CheckResult(**base, verdict="Fail", message=(
-                f"{summary}: the challenger's wrong answers, at least {low:.2%}, surely exceed the champion's, "
-                f"at most {high:.2%}, by more than {spec.max_accuracy_drop:.2%} (confidence {1 - alpha:.4g}, "
-                f"valid at every look)"))
+    judged = judge_rates(challenger.feedback_incorrect, n_c, champion.feedback_incorrect, n_r, alpha,
+                         margin=spec.max_accuracy_drop)
+    if judged.worse:
+        return CheckResult(**base, verdict="Fail", message=(
+            f"{summary}: the challenger's wrong answers, at least {judged.low:.2%}, surely exceed the champion's, "
+            f"at most {judged.high:.2%}, by more than {spec.max_accuracy_drop:.2%} (confidence {1 - alpha:.4g}, "
+            f"valid at every look)"))
+    if judged.suspicious:
+        return CheckResult(**base, verdict="Inconclusive", message=(
+            f"{summary}: the challenger's wrong answers exceed the champion's bound {judged.high:.2%} by more "
+            f"than {spec.max_accuracy_drop:.2%}, not surely yet: gathering evidence"))
     if n_c < spec.min_sample_size or n_r < spec.min_sample_size:
         return CheckResult(**base, verdict="Inconclusive", message=(
             f"feedback labels: challenger {int(n_c)}, champion {int(n_r)}; {spec.min_sample_size} each needed"))
