@@ -197,6 +197,24 @@ class TestBayesian:
             assert params not in [p for p, _ in history]
             history.append((params, -abs(math.log10(params["C"])) + (params["kernel"] == "rbf")))
 
+    def test_the_study_cache_changes_nothing_but_the_cost(self):
+        from mlops_operator.search import bayesian
+
+        search = make_search("bayesian", max_trials=20, seed=4, **MIXED).model_copy(
+            update={"initial_random_trials": 2})
+
+        def run(clear: bool) -> list[dict]:
+            history: list[tuple[dict, float | None]] = []
+            for i in range(1, 16):
+                if clear:
+                    bayesian.clear_cache()
+                params = propose(search, history, i)
+                # A failed trial now and then: it must be ignored the same way in both runs.
+                history.append((params, None if i % 5 == 0 else -abs(math.log10(params["C"]) - 1)))
+            return [p for p, _ in history]
+
+        assert run(clear=False) == run(clear=True)
+
     def test_tpe_beats_random_on_a_smooth_problem_over_seeds(self):
         space = {"x": {"min": -2.0, "max": 2.0}, "y": {"min": -2.0, "max": 2.0},
                  "k": {"values": ["a", "b", "c"]}}
