@@ -123,6 +123,14 @@ class DriftRetrain(ApiModel):
     cooldown: Duration = Field(
         default="6h", description="Least time between the last retrain (of any cause) and a drift-triggered one."
     )
+    persistence: int = Field(
+        default=3, ge=1, le=100, description="Consecutive drifted readings before a drift-triggered retrain."
+    )
+    false_alarm_per_day: float = Field(
+        default=0.01, gt=0.0, lt=1.0,
+        description="Chance per day that unshifted traffic triggers a retrain: the reading's p-value must be "
+        "below this divided by the readings per day (Bonferroni over a day's readings).",
+    )
 
 
 class Retrain(ApiModel):
