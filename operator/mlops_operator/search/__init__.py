@@ -11,8 +11,9 @@ launches a different trial than it would have.
 - random: trial i is drawn from a generator seeded by (seed, i), redrawn while it repeats a
   started trial; every value of a finite dimension has the same chance, end values included.
   A finite space caps the trials at its size.
-- bayesian: random for the first `initialRandomTrials` trials (and while fewer than two
-  trials have an objective value), then optuna's TPE (see `bayesian`), falling back to the
+- bayesian: random until `initialRandomTrials` trials are known (started here, or taken
+  from the Experiments in `warmStartFrom`) and two have an objective value, then optuna's
+  TPE (see `bayesian`; multi-objective when there are several goals), falling back to the
   random point when TPE proposes a point already started.
 """
 
@@ -26,7 +27,8 @@ from .grid import grid_point, grid_size
 from .random_search import random_point
 from .space import GRID_POINTS_PER_RANGE, dimensions, finite_size, point_key
 
-History = Sequence[tuple[Mapping[str, Any], float | None]]
+# (params, objective value, or one value per objective, or None when it has none), in order.
+History = Sequence[tuple[Mapping[str, Any], float | tuple[float, ...] | None]]
 
 # TPE needs at least this many observed objective values to say anything.
 MIN_HISTORY_FOR_MODEL = 2
@@ -46,9 +48,11 @@ def trial_budget(search: Search) -> int:
     return search.max_trials if size is None else min(search.max_trials, size)
 
 
-def propose(search: Search, history: History, index: int, maximize: bool = True) -> dict[str, Any]:
-    """Parameters (the search space's part only) of trial `index`. Raises ValueError past
-    the end of a grid or of a finite space."""
+def propose(search: Search, history: History, index: int, maximize: bool | Sequence[bool] = True) -> dict[str, Any]:
+    """Parameters (the search space's part only) of trial `index`; `maximize` holds one goal
+    per objective when there are several. `history` may start with the trials of the
+    Experiments in `search.warmStartFrom`. Raises ValueError past the end of a grid or of a
+    finite space."""
     if index < 1:
         raise ValueError(f"trial index starts at 1, got {index}")
     dims = dimensions(search.space)
@@ -61,7 +65,9 @@ def propose(search: Search, history: History, index: int, maximize: bool = True)
         return point
     tried = {point_key(dims, params) for params, _ in history}
     scored = sum(value is not None for _, value in history)
-    if search.algorithm == "bayesian" and index > search.initial_random_trials and scored >= MIN_HISTORY_FOR_MODEL:
+    # The model starts once initialRandomTrials trials are known (a warm start's count too).
+    if search.algorithm == "bayesian" and len(history) >= search.initial_random_trials \
+            and scored >= MIN_HISTORY_FOR_MODEL:
         from .bayesian import tpe_point
 
         point = tpe_point(dims, history, maximize, search.seed, index)

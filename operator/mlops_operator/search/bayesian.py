@@ -33,7 +33,8 @@ import numpy as np
 from .random_search import STREAM_TPE
 from .space import Dimension, same_value
 
-History = Sequence[tuple[Mapping[str, Any], float | None]]
+# (params, objective value(s) or None): one float, or one per objective when there are several.
+History = Sequence[tuple[Mapping[str, Any], float | tuple[float, ...] | None]]
 
 
 def _distribution(dim: Dimension):
@@ -83,26 +84,30 @@ def sampler_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index, STREAM_TPE]).generate_state(1)[0])
 
 
-def tpe_point(dims: Sequence[Dimension], history: History, maximize: bool, seed: int, index: int) -> dict[str, Any]:
-    """Propose trial `index` from the completed trials in `history` [(params, objective)]."""
+def tpe_point(dims: Sequence[Dimension], history: History, maximize: bool | Sequence[bool], seed: int,
+              index: int) -> dict[str, Any]:
+    """Propose trial `index` from the scored trials in `history`. `maximize` is one goal, or
+    one per objective (multi-objective TPE; each scored trial then has a tuple of values)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    goals = (maximize,) if isinstance(maximize, bool) else tuple(maximize)
     distributions = {dim.name: _distribution(dim) for dim in dims}
-    recorded: list[tuple[tuple[Any, ...], float]] = []
+    recorded: list[tuple[tuple[Any, ...], tuple[float, ...]]] = []
     for params, value in history:
-        if value is None or not math.isfinite(value):
+        values = (value,) if isinstance(value, (int, float)) else value
+        if values is None or len(values) != len(goals) or not all(math.isfinite(v) for v in values):
             continue
         converted = tuple(_to_optuna(dim, params.get(dim.name)) for dim in dims)
         if any(v is None for v in converted):
             continue
-        recorded.append((converted, float(value)))
+        recorded.append((converted, tuple(float(v) for v in values)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
         sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, index), multivariate=True,
                                              n_startup_trials=0)
         with _LOCK:
-            study = _study_of(distributions, "maximize" if maximize else "minimize", recorded)
+            study = _study_of(distributions, tuple("maximize" if g else "minimize" for g in goals), recorded)
             study.sampler = sampler
             asked = study.ask(distributions)
             # The asked trial stays in the cached study as failed: TPE learns nothing from it.
@@ -115,22 +120,23 @@ def tpe_point(dims: Sequence[Dimension], history: History, maximize: bool, seed:
 # cached study gives exactly what a fresh one gives: same completed trials in the same
 # order, failed ones ignored by TPE, and a sampler seeded by the trial index
 # (tests/unit/test_search.py compares the two).
-_STUDIES: OrderedDict[tuple[str, str, str], tuple[Any, list[tuple[tuple[Any, ...], float]]]] = OrderedDict()
+_STUDIES: OrderedDict[tuple[str, tuple[str, ...], str], tuple[Any, list]] = OrderedDict()
 _CACHED_STUDIES = 16
 _LOCK = threading.Lock()
 
 
-def _study_of(distributions: dict[str, Any], direction: str, recorded: list[tuple[tuple[Any, ...], float]]):
+def _study_of(distributions: dict[str, Any], directions: tuple[str, ...],
+              recorded: list[tuple[tuple[Any, ...], tuple[float, ...]]]):
     import optuna
     from optuna.trial import create_trial
 
-    key = (repr(sorted(distributions.items())), direction, repr(recorded[:1]))
+    key = (repr(sorted(distributions.items())), directions, repr(recorded[:1]))
     study, known = _STUDIES.pop(key, (None, []))
     if study is None or known != recorded[: len(known)]:
-        study, known = optuna.create_study(direction=direction), []
+        study, known = optuna.create_study(directions=list(directions)), []
     names = list(distributions)
-    study.add_trials([create_trial(params=dict(zip(names, params)), distributions=distributions, value=value)
-                      for params, value in recorded[len(known):]])
+    study.add_trials([create_trial(params=dict(zip(names, params)), distributions=distributions, values=list(values))
+                      for params, values in recorded[len(known):]])
     _STUDIES[key] = (study, list(recorded))
     while len(_STUDIES) > _CACHED_STUDIES:
         _STUDIES.popitem(last=False)
