@@ -137,3 +137,19 @@ def test_a_warm_started_experiment_models_from_the_first_trial_and_repeats_nothi
     results = [({"C": c}, accuracy_of({"C": c})) for c in first]
     assert second[0] == propose(warm, results, 1)["C"]
     assert second[0] != propose(warm, [], 1)["C"]
+
+
+def test_warm_start_trials_are_scored_by_this_experiments_objective():
+    from mlops_operator.api.experiment import Experiment
+    from mlops_operator.controllers.experiment import observe_warm_start
+
+    world = World()
+    world.create(experiment_manifest(name="by-f1", objective={"metric": "f1_macro", "goal": "maximize"}))
+    run_to_the_end(world, "by-f1", None)
+    second = world.create(experiment_manifest(
+        name="by-accuracy", search={"algorithm": "bayesian", "maxTrials": 2, "parallelism": 1, "seed": 1,
+                                    "warmStartFrom": ["by-f1"], "space": {"C": {"min": 0.01, "max": 100}}}))
+    facts = observe_warm_start(world.cluster, second, Experiment.model_validate(second))
+    assert len(facts) == 6
+    for fact in facts:  # the other Experiment's objectiveValue is its f1_macro
+        assert fact.objective_value == fact.metrics["accuracy"] == accuracy_of(fact.params)

@@ -32,13 +32,17 @@ def observe_trials(cluster: Cluster, obj: Obj) -> list[Obj]:
 
 def observe_warm_start(cluster: Cluster, obj: Obj, exp: Experiment) -> tuple[logic.TrialFacts, ...]:
     """The finished trials of the Experiments in spec.search.warmStartFrom (same namespace),
-    in that order and by trial index; an Experiment that does not exist contributes none."""
+    in that order and by trial index; an Experiment that does not exist contributes none.
+    Their objective value is re-read in this Experiment's terms (its objective metric), since
+    the other Experiment may have optimised another metric."""
     namespace, _ = meta_of(obj)
+    metric = exp.spec.objective.metric
     trials: list[logic.TrialFacts] = []
     for source in exp.spec.search.warm_start_from:
         runs = cluster.list(TrainingRun.api_version(), "TrainingRun", namespace, {EXPERIMENT_LABEL: source})
         facts = sorted((logic.trial_facts(r) for r in runs), key=lambda t: t.index)
-        trials += [t for t in facts if t.phase in logic.TERMINAL]
+        trials += [dataclasses.replace(t, objective_value=t.metrics.get(metric))
+                   for t in facts if t.phase in logic.TERMINAL]
     return tuple(trials)
 
 
