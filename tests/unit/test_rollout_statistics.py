@@ -9,7 +9,15 @@ import pytest
 from scipy import integrate, stats
 
 from mlops_operator.api.inference_service import Analysis, CounterSnapshot, VariantCounters
-from mlops_operator.rollout.analysis import AnalysisInput, analyse, counter_delta, p95_ms, snapshot_delta
+from mlops_operator.rollout.analysis import (
+    AnalysisInput,
+    analyse,
+    check_alpha,
+    counter_delta,
+    judge_rates,
+    p95_ms,
+    snapshot_delta,
+)
 from mlops_operator.rollout.statistics import (
     histogram_quantile,
     lower_bound,
@@ -194,3 +202,20 @@ def test_a_clearly_worse_online_accuracy_fails_and_a_borderline_one_passes():
 
 def test_the_p95_comes_from_the_challenger_histogram():
     assert p95_ms(VariantCounters(latency_buckets={"0.1": 0, "0.5": 100, "+Inf": 100})) == pytest.approx(480.0)
+
+
+@pytest.mark.parametrize("requests, rate", [(50, 0.002), (200, 0.002), (200, 0.01)])
+def test_equal_error_rates_looked_at_every_interval_stay_under_alpha(requests, rate):
+    # The cells: the z-test rejected 0.040 (50 requests, 0.2 %) and 0.031 (200) of
+    # such rollouts at a nominal 0.01. 2,000 rollouts of 30 looks each, the bounds read after
+    # every look on the counts since the start.
+    rng = np.random.default_rng(11)
+    spec = Analysis(confidence=0.99, max_error_rate=0.05)
+    rollouts, looks = 2000, 30
+    errors_c = np.cumsum(rng.binomial(requests, rate, (looks, rollouts)), axis=0)
+    errors_r = np.cumsum(rng.binomial(9 * requests, rate, (looks, rollouts)), axis=0)
+    n_c = np.arange(1, looks + 1)[:, None] * requests * np.ones(rollouts)
+    judged = judge_rates(errors_c.ravel(), n_c.ravel(), errors_r.ravel(), 9 * n_c.ravel(), check_alpha(spec),
+                         limit=spec.max_error_rate)
+    failed = (judged.above_limit | judged.worse).reshape(looks, rollouts).any(axis=0)
+    assert failed.mean() <= 1 - spec.confidence
