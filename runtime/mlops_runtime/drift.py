@@ -42,11 +42,13 @@ CATEGORICAL = "categorical"
 ROWS_PER_BIN = 5
 
 
-def psi_of_fractions(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Population stability index of two distributions over the same bins."""
+def psi_of_fractions(expected: np.ndarray, actual: np.ndarray):
+    """Population stability index of two distributions over the same bins (the last axis:
+    arrays of windows give an array of PSIs)."""
     e = np.clip(np.asarray(expected, dtype=np.float64), EPSILON, None)
     a = np.clip(np.asarray(actual, dtype=np.float64), EPSILON, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+    value = np.sum((a - e) * np.log(a / e), axis=-1)
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def _interior_edges(edges: list[float], bins: int) -> np.ndarray:
@@ -135,21 +137,22 @@ def categorical_psi(baseline_feature: dict[str, Any], values: np.ndarray) -> flo
     return None if bins is None else psi_of_fractions(*bins)
 
 
-def p_value(expected: np.ndarray, actual: np.ndarray, rows: int, baseline_rows: int | None) -> float:
+def p_value(expected: np.ndarray, actual: np.ndarray, rows: int, baseline_rows: int | None):
     """Pearson's chi-square test that `rows` observations with fractions `actual` come from
     the training distribution `expected` (estimated from `baseline_rows`): the statistic is
     divided by 1 + rows/baseline_rows for the training sample's own noise. Mass in a bin that
-    training never filled is certain drift (0)."""
+    training never filled is certain drift (0). `actual` may hold many windows (last axis:
+    the bins)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
     seen = expected > 0
-    if np.any(actual[~seen] > 0):
-        return 0.0
     dof = int(np.count_nonzero(seen)) - 1
-    if dof <= 0:
-        return 1.0
-    statistic = rows * float(np.sum((actual[seen] - expected[seen]) ** 2 / expected[seen]))
+    unseen_mass = np.any(actual[..., ~seen] > 0, axis=-1)
+    statistic = rows * np.sum((actual[..., seen] - expected[seen]) ** 2 / expected[seen], axis=-1)
     if baseline_rows:
-        statistic /= 1.0 + rows / baseline_rows
-    return float(chi2.sf(statistic, dof))
+        statistic = statistic / (1.0 + rows / baseline_rows)
+    value = np.where(unseen_mass, 0.0, chi2.sf(statistic, dof) if dof > 0 else 1.0)
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def ks_statistic(sorted_sample: np.ndarray, values: np.ndarray) -> float:
