@@ -118,6 +118,7 @@ def test_no_overlap_while_the_previous_retrain_runs():
     assert waiting.child is None
     assert waiting.requeue_after == logic.POLL_SECONDS
     assert "waiting for iris-r1 to finish" in waiting.status["retrain_message"]
+    assert [e.reason for e in waiting.events] == ["RetrainHeldBack"]
     done = logic.RetrainObserved(children=(child(1, "Succeeded", "2026-03-02T11:00:00Z"),))
     assert logic.decide(exp, done, at("2026-03-02T12:30:00")).child["metadata"]["name"] == "iris-r2"
 
