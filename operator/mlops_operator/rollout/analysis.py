@@ -23,9 +23,11 @@ the champion's (docs/canary.md has the derivation and the benchmark).
 - `agreement` (shadow only): share of mirrored requests where both versions answered the
   same. Fail below `minAgreement` (a property of the pair, not a test).
 
-A Fail needs no minimum sample (the bounds are valid at any count). A check whose step
-window holds fewer than `minSampleSize` observations and that does not fail is
-`Inconclusive`, which holds the step. The verdict is Fail if any check fails, else
+A Fail needs no minimum sample (the bounds are valid at any count). A check that does not
+fail is `Inconclusive`, which holds the step, while its step window holds fewer than
+`minSampleSize` observations, or while the challenger's observed rate is beyond the limit or
+the champion's upper bound without proof yet (`judge_rates`: a challenger that looks worse
+gathers evidence instead of passing on thin data). The verdict is Fail if any check fails, else
 Inconclusive if any check that counts is inconclusive, else Pass. With
 `requireFeedback: false` an inconclusive accuracy check is reported but does not hold the step.
 """
