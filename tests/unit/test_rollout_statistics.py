@@ -21,7 +21,6 @@ from mlops_operator.rollout.analysis import (
 from mlops_operator.rollout.statistics import (
     histogram_quantile,
     lower_bound,
-    surely_above,
     surely_higher,
     upper_bound,
 )
@@ -64,7 +63,6 @@ def test_the_bounds_hold_at_every_look_with_the_promised_probability():
 def test_no_events_and_no_observations_bound_nothing():
     assert lower_bound(0, 500, 0.01) == 0.0
     assert lower_bound(0, 0, 0.01) == 0.0 and upper_bound(0, 0, 0.01) == 1.0
-    assert not surely_above(0, 0, 0.01, 0.01)
     assert not surely_higher(0, 100, 0, 100, 0.01)[0]
 
 

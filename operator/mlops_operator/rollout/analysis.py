@@ -48,7 +48,6 @@ from .statistics import (
     rate,
     slower_than,
     lower_bound,
-    surely_above,
     surely_higher,
     upper_bound,
 )
@@ -210,7 +209,7 @@ def _latency_fail(challenger: dict[float, float], champion: dict[float, float], 
     n_r = max(champion.values(), default=0.0)
     finite = sorted(b for b in challenger if not math.isinf(b))
     limit = next((b for b in finite if b * 1000.0 >= spec.max_p95_latency_ms), None)
-    if limit is not None and n_c > 0 and surely_above(slower_than(limit, challenger), n_c, TAIL, alpha / 2):
+    if limit is not None and n_c > 0 and lower_bound(slower_than(limit, challenger), n_c, alpha / 2) > TAIL:
         return (f"challenger p95 latency surely above {limit * 1000:g} ms >= the maximum "
                 f"{spec.max_p95_latency_ms:g} ms (more than {TAIL:.0%} of {int(n_c)} requests slower)")
     bound = quantile_bucket(1.0 - TAIL, champion)

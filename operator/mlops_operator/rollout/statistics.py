@@ -109,19 +109,6 @@ def upper_bound(hits, n, alpha: float):
     return _bound(hits, n, alpha, above=False)
 
 
-def surely_above(hits, n, limit, alpha: float):
-    """Whether the proportion is above `limit` with anytime-valid confidence 1 - alpha (a
-    one-sample test against a fixed threshold)."""
-    hits = np.asarray(hits, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    limit = np.asarray(limit, dtype=np.float64)
-    if np.all(limit >= 1.0):
-        return np.zeros(np.broadcast(hits, n).shape, dtype=bool) if hits.ndim or n.ndim else False
-    evidence = _log_evidence(hits, n, np.clip(limit, _TINY, 1 - _TINY), above=True)
-    verdict = (evidence >= math.log(1.0 / alpha)) & (n > 0) & (hits > limit * n)
-    return bool(verdict) if np.ndim(verdict) == 0 else verdict
-
-
 def surely_higher(hits_c, n_c, hits_r, n_r, alpha: float, margin: float = 0.0):
     """Whether the candidate's proportion is higher than the reference's by more than
     `margin`, with anytime-valid confidence 1 - alpha: the candidate's lower bound is above
