@@ -282,3 +282,19 @@ def test_a_restarted_experiment_proposes_exactly_the_same_trials():
     plain = run(set())
     assert len(plain) == 12
     assert run({3, 7, 8, 15}) == plain
+
+
+def test_tpe_proposals_respect_steps_ints_and_log_ranges():
+    space = {"lr": {"min": 0.001, "max": 1.0, "distribution": "logUniform"},
+             "n": {"type": "int", "min": 10, "max": 100, "step": 10},
+             "k": {"type": "int", "min": 1, "max": 64, "distribution": "logUniform"},
+             "f": {"min": 0.0, "max": 1.0, "step": 0.25}}
+    search = make_search("bayesian", max_trials=30, seed=1, **space).model_copy(update={"initial_random_trials": 3})
+    history: list[tuple[dict, float | None]] = []
+    for i in range(1, 16):
+        p = propose(search, history, i)
+        assert 0.001 <= p["lr"] <= 1.0
+        assert isinstance(p["n"], int) and p["n"] in range(10, 101, 10)
+        assert isinstance(p["k"], int) and 1 <= p["k"] <= 64
+        assert p["f"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        history.append((p, -abs(math.log10(p["lr"]) + 1) - abs(p["n"] - 50) / 100 - p["f"]))

@@ -75,9 +75,7 @@ def _from_optuna(dim: Dimension, value: Any) -> Any:
         return p.values[int(value)]
     if p.step is not None and p.distribution != "logUniform":
         return dim.level(int(value))
-    if p.is_int:
-        return int(value)
-    return dim.snap(float(value))
+    return dim.snap(float(value))  # ints rounded, a log range's step applied
 
 
 def sampler_seed(seed: int, index: int) -> int:
