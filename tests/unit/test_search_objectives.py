@@ -153,3 +153,13 @@ def test_warm_start_trials_are_scored_by_this_experiments_objective():
     assert len(facts) == 6
     for fact in facts:  # the other Experiment's objectiveValue is its f1_macro
         assert fact.objective_value == fact.metrics["accuracy"] == accuracy_of(fact.params)
+
+
+def test_the_vectorised_front_agrees_with_pairwise_dominance():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    maximize = [True, False, True]
+    points = [(f"t{i}", tuple(float(v) for v in rng.integers(0, 6, 3))) for i in range(600)]  # ties included
+    expected = [n for n, v in points if not any(dominates(w, v, maximize) for _, w in points)]
+    assert pareto_front(points, maximize) == expected

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..api.ml import Objective
 
 # Metrics a TrainingRun's status gives besides its evaluation metrics.
@@ -40,10 +42,23 @@ def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) 
     return better
 
 
+# Points compared at once against all others (memory: this x points x objectives booleans).
+_CHUNK = 256
+
+
 def pareto_front(points: Sequence[tuple[str, tuple[float, ...]]], maximize: Sequence[bool]) -> list[str]:
-    """Names of the points no other point dominates, in the order given."""
-    return [name for name, values in points
-            if not any(dominates(other, values, maximize) for _, other in points)]
+    """Names of the points no other point dominates, in the order given. Every pair is
+    compared (numpy, in chunks), so thousands of trials cost milliseconds per pass."""
+    if not points:
+        return []
+    better_up = np.asarray([v for _, v in points], dtype=np.float64) * np.where(maximize, 1.0, -1.0)
+    dominated = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(points), _CHUNK):
+        chunk = better_up[start:start + _CHUNK]
+        at_least = (better_up[:, None, :] >= chunk[None, :, :]).all(axis=2)
+        strictly = (better_up[:, None, :] > chunk[None, :, :]).any(axis=2)
+        dominated[start:start + _CHUNK] = (at_least & strictly).any(axis=0)
+    return [name for (name, _), out in zip(points, dominated) if not out]
 
 
 def within_limits(values: Sequence[float], objectives: Sequence[Objective]) -> bool:
