@@ -155,7 +155,7 @@ def test_warm_start_trials_are_scored_by_this_experiments_objective():
         assert fact.objective_value == fact.metrics["accuracy"] == accuracy_of(fact.params)
 
 
-def test_the_vectorised_front_agrees_with_pairwise_dominance():
+def test_the_front_agrees_with_pairwise_dominance():
     import numpy as np
 
     rng = np.random.default_rng(0)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ..api.ml import Objective
 
 # Metrics a TrainingRun's status gives besides its evaluation metrics.
@@ -42,23 +40,18 @@ def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) 
     return better
 
 
-# Points compared at once against all others (memory: this x points x objectives booleans).
-_CHUNK = 256
-
-
 def pareto_front(points: Sequence[tuple[str, tuple[float, ...]]], maximize: Sequence[bool]) -> list[str]:
-    """Names of the points no other point dominates, in the order given. Every pair is
-    compared (numpy, in chunks), so thousands of trials cost milliseconds per pass."""
-    if not points:
-        return []
-    better_up = np.asarray([v for _, v in points], dtype=np.float64) * np.where(maximize, 1.0, -1.0)
-    dominated = np.zeros(len(points), dtype=bool)
-    for start in range(0, len(points), _CHUNK):
-        chunk = better_up[start:start + _CHUNK]
-        at_least = (better_up[:, None, :] >= chunk[None, :, :]).all(axis=2)
-        strictly = (better_up[:, None, :] > chunk[None, :, :]).any(axis=2)
-        dominated[start:start + _CHUNK] = (at_least & strictly).any(axis=0)
-    return [name for (name, _), out in zip(points, dominated) if not out]
+    """Names of the points no other point dominates, in the order given. Each point is
+    compared with the front so far only (anything dominating it is on that front, or is
+    dominated by a point that is: dominance is transitive), so the cost grows with trials x
+    front size; fronts are a handful of trade-offs, not most of the trials."""
+    front: list[int] = []
+    for i, (_, values) in enumerate(points):
+        if any(dominates(points[j][1], values, maximize) for j in front):
+            continue
+        front = [j for j in front if not dominates(values, points[j][1], maximize)]
+        front.append(i)
+    return [points[j][0] for j in sorted(front)]
 
 
 def within_limits(values: Sequence[float], objectives: Sequence[Objective]) -> bool:
