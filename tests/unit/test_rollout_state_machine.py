@@ -130,6 +130,18 @@ def test_failure_limit_allows_one_failed_analysis_before_rolling_back():
     assert status.history[-1].action == "RolledBack"
 
 
+def test_failure_limit_forgives_a_transient_error_spike():
+    # 20 % errors for the first 15 s, then none: one failed analysis, then clean evidence.
+    spec = canary(failure_limit=3, require_feedback=False)
+    world = World(challenger=Behaviour(error_rate=0.2))
+    status, trace = run(started(), spec, world, seconds=15)
+    world.challenger = Behaviour(error_rate=0.0)
+    status, rest = run(status, spec, world, seconds=400, start_at=T0 + timedelta(seconds=15))
+    verdicts = [t.verdict for t in trace + rest if t.verdict]
+    assert verdicts[0] == "Fail" and verdicts.count("Fail") < 3, verdicts
+    assert status.history[-1].action == "Promoted"
+
+
 def test_paused_holds_any_step_and_resumes():
     spec = canary()
     status, trace = run(started(), spec, World(), seconds=200, paused=lambda t: 25 <= t.total_seconds() < 100)

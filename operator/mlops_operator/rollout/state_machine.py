@@ -305,9 +305,12 @@ def _failed(status: InferenceServiceStatus, spec: Rollout, obs: Observations, no
     failed = status.failed_checks + 1
     limit = spec.analysis.failure_limit
     if failed < limit:
-        # Judge fresh data next time: the window restarts at this reading.
+        # Judge fresh data next time: the step window and the evidence restart at this
+        # reading, so failureLimit forgives a transient failure (the rollout-wide counts would
+        # keep it). Restarting costs no confidence: a rollback needs a Fail of the first
+        # evidence sequence, whose chance of a false one is already at most alpha.
         new = status.model_copy(update={"last_analysis": result, "failed_checks": failed,
-                                        "window_baseline": obs.metrics})
+                                        "window_baseline": obs.metrics, "rollout_baseline": obs.metrics})
         event = Event(REASON_ANALYSIS_FAILED, f"analysis failed ({failed}/{limit}): {result.message}", "Warning")
         return Outcome(status=new, events=(event,), analysis=result,
                        requeue_after=interval_of(spec).total_seconds())
