@@ -5,8 +5,8 @@ A proposal depends on nothing but its inputs: an in-memory study holding the rec
 trials (their params, as the TrainingRuns hold them, and their objective values, in
 trial-index order) and a sampler seeded by (spec.search.seed, trial index). The same inputs
 give the same trial, so a restarted operator proposes exactly what it would have. (A cache
-keeps recent studies so the next proposal only adds the new trials; it changes nothing
-but the cost.)
+keeps recent studies so the next proposal only adds the new trials, and recorded trials
+skip optuna's deep copy; neither changes anything but the cost.)
 
 Why TPE: on the benchmark (bench/search_quality.py) it beat random search where the former
 Gaussian-process proposals did not, and it costs a few ms per proposal at 200 trials where
@@ -21,8 +21,11 @@ A recorded trial whose params lie outside the current space (the spec changed) i
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import threading
+from datetime import UTC, datetime
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -121,24 +124,49 @@ def tpe_point(dims: Sequence[Dimension], history: History, maximize: bool | Sequ
 _STUDIES: OrderedDict[tuple[str, tuple[str, ...], str], tuple[Any, list]] = OrderedDict()
 _CACHED_STUDIES = 16
 _LOCK = threading.Lock()
+# Recorded trials carry a fixed time: TPE does not read it, and a proposal must not depend on the clock.
+_RECORDED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _study_of(distributions: dict[str, Any], directions: tuple[str, ...],
               recorded: list[tuple[tuple[Any, ...], tuple[float, ...]]]):
     import optuna
-    from optuna.trial import create_trial
 
     key = (repr(sorted(distributions.items())), directions, repr(recorded[:1]))
     study, known = _STUDIES.pop(key, (None, []))
     if study is None or known != recorded[: len(known)]:
         study, known = optuna.create_study(directions=list(directions)), []
     names = list(distributions)
-    study.add_trials([create_trial(params=dict(zip(names, params)), distributions=distributions, values=list(values))
+    study.add_trials([_recorded_trial(dict(zip(names, params)), distributions, values)
                       for params, values in recorded[len(known):]])
     _STUDIES[key] = (study, list(recorded))
     while len(_STUDIES) > _CACHED_STUDIES:
         _STUDIES.popitem(last=False)
     return study
+
+
+@functools.cache
+def _recorded_trial_type() -> type:
+    """FrozenTrial that the storage copies shallowly. `Study.add_trial` validates a trial,
+    then the storage deep-copies it, which was half of a proposal's cost at 200 trials; the
+    copy shares the params and distributions instead, which nothing changes once a trial is
+    complete."""
+    from optuna.trial import FrozenTrial
+
+    class RecordedTrial(FrozenTrial):
+        def __deepcopy__(self, memo: dict[int, Any]) -> RecordedTrial:
+            return copy.copy(self)
+
+    return RecordedTrial
+
+
+def _recorded_trial(params: dict[str, Any], distributions: dict[str, Any], values: tuple[float, ...]):
+    from optuna.trial import TrialState
+
+    return _recorded_trial_type()(
+        number=-1, state=TrialState.COMPLETE, value=None, values=list(values), datetime_start=_RECORDED_AT,
+        datetime_complete=_RECORDED_AT, params=params, distributions=distributions, user_attrs={},
+        system_attrs={}, intermediate_values={}, trial_id=-1)
 
 
 def clear_cache() -> None:
