@@ -101,6 +101,8 @@ def test_a_multi_objective_experiment_shows_its_front_and_registers_the_preferre
     points = {n: (accuracy_of(p), size_of(p)) for n, p in runs.items()}
     front = {n for n, v in points.items() if not any(dominates(w, v, [True, False]) for w in points.values())}
     assert {t["name"] for t in status["paretoFront"]} == front
+    for entry in status["paretoFront"]:  # each shows its value on every objective
+        assert (entry["metrics"]["accuracy"], entry["metrics"]["model_size_bytes"]) == points[entry["name"]]
     within = [n for n in front if points[n][1] <= 2500]
     assert within, "the test's limit should leave a choice"
     preferred = max(within, key=lambda n: (points[n][0], -int(n[-3:])))

@@ -333,6 +333,15 @@ def _summary(exp: Experiment, trial: TrialFacts, full_params: bool) -> TrialSumm
     )
 
 
+def _front_summary(exp: Experiment, trial: TrialFacts) -> TrialSummary:
+    """A Pareto-front entry: its metrics include every objective's value (model_size_bytes
+    and training_seconds come from the TrainingRun's status, not from its metrics)."""
+    summary = _summary(exp, trial, full_params=False)
+    point = objective_point(exp, trial) or ()
+    values = {o.metric: v for o, v in zip(objectives(exp), point)}
+    return summary.model_copy(update={"metrics": {**summary.metrics, **values}})
+
+
 def _format_params(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "no searched parameters"
 
@@ -366,7 +375,7 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
         best_objective_value=best.objective_value if best else None,
         leaderboard=[_summary(exp, t, full_params=False) for t in decision.ranked[:LEADERBOARD_SIZE]],
         pareto_front=None if (front := front_of(exp, decision.ranked)) is None
-        else [_summary(exp, t, full_params=False) for t in front[:PARETO_SIZE]],
+        else [_front_summary(exp, t) for t in front[:PARETO_SIZE]],
         model_version=by_run[best.name].name if best is not None and best.name in by_run else old.model_version,
         registered_versions=list(dict.fromkeys([*old.registered_versions, *registered])),
         start_time=old.start_time or (rfc3339(now) if counts.total else None),
