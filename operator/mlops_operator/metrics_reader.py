@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api.inference_service import CounterSnapshot, VariantCounters
-from .reconcile.drift import KS_METRIC, PSI_METRIC
+from .reconcile.drift import KS_METRIC, P_VALUE_METRIC, PSI_METRIC
 
 UrlFor = Callable[[str, str, int], str]
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -49,7 +49,7 @@ class MetricsUnavailable(Exception):
     """The analysis inputs could not be read; the message says from where and why."""
 
 
-DRIFT_METRICS = (PSI_METRIC, KS_METRIC)
+DRIFT_METRICS = (PSI_METRIC, KS_METRIC, P_VALUE_METRIC)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,9 @@ def drift_queries(target: AnalysisTarget) -> dict[str, str]:
     scrape computes it."""
     ns = f'namespace=~{_promql_string(target.namespace + "|")}'
     matcher = f"model={_promql_string(target.model)},version={_promql_string(target.champion_version or '')},{ns}"
-    return {name: f"max by (model, version, feature) ({name}{{{matcher}}})" for name in DRIFT_METRICS}
+    # The worst pod: the highest score, the lowest p-value.
+    return {name: f"{'min' if name == P_VALUE_METRIC else 'max'} by (model, version, feature) ({name}{{{matcher}}})"
+            for name in DRIFT_METRICS}
 
 
 def prometheus_queries(target: AnalysisTarget) -> dict[str, str]:

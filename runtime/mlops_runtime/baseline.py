@@ -11,6 +11,10 @@ from typing import Any
 import numpy as np
 
 BINS = 10
+# A numeric feature with at most this many distinct training values gets one bin per value
+# (binary flags, counts, ratings): quantile edges would collapse them into one or two bins,
+# where PSI cannot see a 0/1 feature move from 30 % to 90 % ones.
+MAX_DISCRETE_VALUES = 20
 SAMPLE_SIZE = 1000
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.50, "p75": 0.75, "p95": 0.95, "p99": 0.99}
 
@@ -26,19 +30,35 @@ def json_value(value: Any) -> Any:
 LEVELS = np.concatenate([np.linspace(0.0, 1.0, BINS + 1), list(QUANTILES.values())])
 
 
-def _summary(present: np.ndarray, cuts: np.ndarray, sample: np.ndarray, missing: float) -> dict[str, Any]:
+def binning_convention(max_discrete_values: int = MAX_DISCRETE_VALUES) -> dict[str, Any]:
+    """How the features' bins were made, kept in baseline.json so that the model server and any
+    offline check bin live data the same way (drift.py reads the bins, never re-derives them)."""
+    return {"numeric": f"quantiles ({BINS} bins, outer bins open)", "quantileBins": BINS,
+            "maxDiscreteValues": max_discrete_values,
+            "discrete": "one bin per training value, plus one for values never seen in training",
+            "categorical": "one bin per category, plus one for unseen categories",
+            "missing": "a bin of its own when either side has missing values"}
+
+
+def _bins(present: np.ndarray, cuts: np.ndarray, max_discrete_values: int) -> dict[str, Any]:
+    """One bin per value for a feature with few distinct values (a constant one included),
+    else the quantile bins: `values` + `fractions`, or `edges` + `fractions`."""
+    values, counts = np.unique(present, return_counts=True)
+    if len(values) <= max_discrete_values:
+        return {"binning": "values", "values": values.tolist(), "edges": [],
+                "fractions": (counts / len(present)).tolist()}
+    edges = np.unique(cuts[: BINS + 1])
+    counts, _ = np.histogram(present, bins=edges)
+    return {"binning": "quantiles", "edges": edges.tolist(), "fractions": (counts / len(present)).tolist()}
+
+
+def _summary(present: np.ndarray, cuts: np.ndarray, sample: np.ndarray, missing: float,
+             max_discrete_values: int = MAX_DISCRETE_VALUES) -> dict[str, Any]:
     """The numeric summary of the non-missing values `present`, given their quantiles at
     `LEVELS` and a sorted sample."""
-    edges = np.unique(cuts[: BINS + 1])
-    if len(edges) == 1:
-        fractions = [1.0]
-    else:
-        counts, _ = np.histogram(present, bins=edges)
-        fractions = (counts / len(present)).tolist()
     return {
         "kind": "numeric",
-        "edges": edges.tolist(),
-        "fractions": fractions,
+        **_bins(present, cuts, max_discrete_values),
         "quantiles": {key: float(value) for key, value in zip(QUANTILES, cuts[BINS + 1:], strict=True)},
         "mean": float(present.mean()),
         "std": float(present.std()),
@@ -47,23 +67,24 @@ def _summary(present: np.ndarray, cuts: np.ndarray, sample: np.ndarray, missing:
     }
 
 
-def numeric_summary(values: np.ndarray, seed: int = 0) -> dict[str, Any]:
+def numeric_summary(values: np.ndarray, seed: int = 0, max_discrete_values: int = MAX_DISCRETE_VALUES) -> dict[str, Any]:
     """Histogram over 10 quantile bins, quantiles, moments and a sorted sample (for KS) of
     the non-missing values; `values` is a float array that may hold NaN."""
     total = len(values)
     present = values[~np.isnan(values)]
     missing = (total - len(present)) / total if total else 0.0
     if len(present) == 0:
-        return {"kind": "numeric", "edges": [], "fractions": [], "quantiles": {}, "mean": None,
+        return {"kind": "numeric", "binning": "quantiles", "edges": [], "fractions": [], "quantiles": {}, "mean": None,
                 "std": None, "missingFraction": missing, "sample": []}
     if len(present) > SAMPLE_SIZE:
         sample = np.random.default_rng(seed).choice(present, SAMPLE_SIZE, replace=False)
     else:
         sample = present
-    return _summary(present, np.quantile(present, LEVELS), np.sort(sample), missing)
+    return _summary(present, np.quantile(present, LEVELS), np.sort(sample), missing, max_discrete_values)
 
 
-def numeric_summaries(matrix: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
+def numeric_summaries(matrix: np.ndarray, seed: int = 0,
+                      max_discrete_values: int = MAX_DISCRETE_VALUES) -> list[dict[str, Any]]:
     """`numeric_summary` of each column of a 2-D float array. Columns without missing values
     go through numpy together (one quantile call, one sort; the sample is the same seeded
     rows for every column), which keeps wide datasets cheap."""
@@ -79,10 +100,10 @@ def numeric_summaries(matrix: np.ndarray, seed: int = 0) -> list[dict[str, Any]]
             block_sample = block
         block_sample = np.sort(block_sample, axis=0)
         for j, column in enumerate(complete):
-            summaries[column] = _summary(block[:, j], cuts[:, j], block_sample[:, j], 0.0)
+            summaries[column] = _summary(block[:, j], cuts[:, j], block_sample[:, j], 0.0, max_discrete_values)
     for column in range(width):
         if summaries[column] is None:
-            summaries[column] = numeric_summary(matrix[:, column], seed)
+            summaries[column] = numeric_summary(matrix[:, column], seed, max_discrete_values)
     return [s for s in summaries if s is not None]
 
 
@@ -99,22 +120,23 @@ def categorical_summary(values: Any) -> dict[str, Any]:
     }
 
 
-def feature_baselines(X: Any, numeric: list[str], seed: int) -> list[dict[str, Any]]:
+def feature_baselines(X: Any, numeric: list[str], seed: int,
+                      max_discrete_values: int = MAX_DISCRETE_VALUES) -> list[dict[str, Any]]:
     numeric_in_order = [name for name in X.columns if name in numeric]
     matrix = X[numeric_in_order].to_numpy(dtype=np.float64, na_value=np.nan)
-    by_name = dict(zip(numeric_in_order, numeric_summaries(matrix, seed), strict=True))
+    by_name = dict(zip(numeric_in_order, numeric_summaries(matrix, seed, max_discrete_values), strict=True))
     return [{"name": name, **(by_name[name] if name in by_name else categorical_summary(X[name]))}
             for name in X.columns]
 
 
 def compute_baseline(
     X: Any, y: Any, numeric: list[str], task: str, classes: list[Any], seed: int,
-    features: list[dict[str, Any]] | None = None,
+    features: list[dict[str, Any]] | None = None, max_discrete_values: int = MAX_DISCRETE_VALUES,
 ) -> dict[str, Any]:
     """`features` may be computed ahead with `feature_baselines` (the trainer does it while
-    the model fits)."""
+    the model fits, with the same `max_discrete_values`)."""
     if features is None:
-        features = feature_baselines(X, numeric, seed)
+        features = feature_baselines(X, numeric, seed, max_discrete_values)
     if task == "classification":
         counts = y.value_counts()
         fractions = {json_value(k): v / len(y) for k, v in counts.items()}
@@ -125,7 +147,8 @@ def compute_baseline(
         }
     else:
         target = numeric_summary(y.to_numpy(dtype=np.float64, na_value=np.nan), seed)
-    return {"rows": int(len(X)), "features": features, "target": target}
+    return {"rows": int(len(X)), "binning": binning_convention(max_discrete_values), "features": features,
+            "target": target}
 
 
 def signature_features(X: Any, numeric: list[str]) -> list[dict[str, Any]]:

@@ -291,7 +291,7 @@ class ModelServer:
             except Exception:  # a malformed baseline must not take the server down
                 log.exception("drift computation failed")
                 continue
-            drift_mod.publish(results, self.metrics.set_psi, self.metrics.set_ks)
+            drift_mod.publish(results, self.metrics.set_psi, self.metrics.set_ks, self.metrics.set_p_value)
 
     # dispatch
 

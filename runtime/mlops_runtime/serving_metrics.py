@@ -40,6 +40,9 @@ class ServerMetrics:
                                ["model", "version", "feature"], registry=registry, multiprocess_mode="mostrecent")
         self.drift_ks = Gauge("mlops_feature_drift_ks", "Kolmogorov-Smirnov statistic per numeric feature.",
                               ["model", "version", "feature"], registry=registry, multiprocess_mode="mostrecent")
+        self.drift_p_value = Gauge("mlops_feature_drift_p_value",
+                                   "Chi-square p-value of the feature's PSI bins (no drift: uniform).",
+                                   ["model", "version", "feature"], registry=registry, multiprocess_mode="mostrecent")
         self.ident = ident
         self.code_children = {code: self.requests.labels(*ident, code) for code in COMMON_CODES}
         self.duration_child = self.duration.labels(*ident)
@@ -86,3 +89,6 @@ class ServerMetrics:
 
     def set_ks(self, feature: str, value: float) -> None:
         self.drift_ks.labels(self.model, self.version, feature).set(value)
+
+    def set_p_value(self, feature: str, value: float) -> None:
+        self.drift_p_value.labels(self.model, self.version, feature).set(value)

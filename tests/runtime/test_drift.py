@@ -9,8 +9,18 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from mlops_runtime.baseline import categorical_summary, numeric_summary
-from mlops_runtime.drift import DriftMonitor, categorical_psi, feature_drift, ks_statistic, psi, psi_of_fractions
+from mlops_runtime.baseline import categorical_summary, compute_baseline, numeric_summary
+from mlops_runtime.drift import (
+    EPSILON,
+    DriftMonitor,
+    categorical_psi,
+    feature_drift,
+    ks_statistic,
+    psi,
+    psi_of_fractions,
+    publish,
+    window_drift,
+)
 
 RNG = np.random.default_rng(7)
 TRAIN = RNG.normal(0.0, 1.0, 20_000)
@@ -50,8 +60,80 @@ def test_psi_treats_missing_values_as_their_own_bin() -> None:
 
 def test_psi_of_a_constant_feature_and_of_empty_input() -> None:
     base = numeric_baseline(np.full(100, 3.0))
+    assert base["binning"] == "values" and base["values"] == [3.0]
     assert psi(base, np.full(50, 3.0)) == pytest.approx(0.0)
-    assert math.isnan(psi(base, np.array([])))
+    # Any other value is drift: a bin of values training never saw.
+    assert psi(base, np.full(50, 4.0)) == pytest.approx(psi_of_fractions(np.array([1.0, 0.0]), np.array([0.0, 1.0])))
+    assert psi(base, np.full(50, 4.0)) > 9.0
+    assert psi(base, np.array([])) is None
+    assert categorical_psi({"name": "c", **categorical_summary(pd.Series(["a"]))}, np.array([], dtype=object)) is None
+
+
+def _counts(value_counts: dict[float, int]) -> np.ndarray:
+    return np.concatenate([np.full(count, value) for value, count in value_counts.items()])
+
+
+def test_a_binary_feature_gets_one_bin_per_value() -> None:
+    # P(1) from 0.3 to 0.9: one bin per value gives
+    # 0.6 ln 3 + 0.6 ln 7 = 1.8267. The issue measured 1.81 on sampled data.
+    base = numeric_baseline(_counts({0.0: 700, 1.0: 300}))
+    assert base["binning"] == "values" and base["values"] == [0.0, 1.0]
+    value = psi(base, _counts({0.0: 100, 1.0: 900}))
+    assert value == pytest.approx(0.6 * math.log(3) + 0.6 * math.log(7), rel=1e-9)
+    assert value == pytest.approx(1.81, abs=0.02)
+
+
+def test_a_low_cardinality_integer_feature_that_collapses_onto_one_value() -> None:
+    # {0, 1, 2} in thirds, then all 2: two emptied bins count EPSILON (1e-4) each:
+    # 2 (1/3 - 1e-4) ln(1/(3e-4)) + (2/3) ln 3 = 6.138; the issue's 6.20 came from sampled thirds.
+    base = numeric_baseline(_counts({0.0: 1000, 1.0: 1000, 2.0: 1000}))
+    value = psi(base, np.full(500, 2.0))
+    expected = 2 * (1 / 3 - EPSILON) * math.log((1 / 3) / EPSILON) + (1 - 1 / 3) * math.log(3)
+    assert EPSILON == 1e-4 and value == pytest.approx(expected, rel=1e-9)
+    assert value == pytest.approx(6.20, abs=0.07)
+    # The quantile bins it had before saw 2.79.
+    assert psi({"name": "x", **numeric_summary(_counts({0.0: 1000, 1.0: 1000, 2.0: 1000}), max_discrete_values=2)},
+               np.full(500, 2.0)) < 3.0
+    # A value never seen in training falls in a bin of its own.
+    assert psi(base, np.full(500, 7.0)) > value
+
+
+def test_the_baseline_keeps_its_binning_convention() -> None:
+    X = pd.DataFrame({"flag": _counts({0.0: 50, 1.0: 50}), "x": RNG.normal(0, 1, 100)})
+    baseline = compute_baseline(X, pd.Series([0, 1] * 50), ["flag", "x"], "classification", [0, 1], seed=0,
+                                max_discrete_values=5)
+    assert baseline["binning"]["maxDiscreteValues"] == 5 and baseline["binning"]["quantileBins"] == 10
+    kinds = {f["name"]: f["binning"] for f in baseline["features"]}
+    assert kinds == {"flag": "values", "x": "quantiles"}
+
+
+def test_noise_alone_rarely_makes_a_feature_significant_among_many() -> None:
+    # 30 unshifted features of 100 rows: the raw PSI goes over 0.2 most of the time; a p-value
+    # below 0.01 / 30 (Bonferroni over the features) happens in about 1 % of windows.
+    rng = np.random.default_rng(3)
+    baseline = {"rows": 5_000, "features": [numeric_baseline(rng.normal(0, 1, 5_000), f"f{j}") for j in range(30)]}
+    over_threshold = over_critical = 0
+    for _ in range(300):
+        results = window_drift(baseline, baseline["features"], [rng.normal(0, 1, 100) for _ in range(30)])
+        assert len(results) == 30
+        over_threshold += max(r.psi for r in results) > 0.2
+        over_critical += any(r.p_value < 0.01 / 30 for r in results)
+    assert over_threshold > 150
+    assert over_critical <= 9  # 1 % of 300 is 3; allow sampling noise
+    shifted = window_drift(baseline, baseline["features"][:1], [rng.normal(0.5, 1, 500)])
+    assert shifted[0].p_value < 1e-6  # half a standard deviation is plain at 500 rows
+
+
+def test_too_few_rows_for_the_bins_score_nothing_and_publish_nothing() -> None:
+    baseline = {"rows": 1000, "features": [numeric_baseline(TRAIN, "x"),
+                                           numeric_baseline(_counts({0.0: 5, 1.0: 5}), "flag")]}
+    results = window_drift(baseline, baseline["features"], [RNG.normal(0, 1, 20), np.zeros(20)])
+    assert [r.feature for r in results] == ["flag"]  # 20 rows: enough for 2 bins, not for 10
+    calls: list[tuple[str, float]] = []
+    publish([], lambda f, v: calls.append((f, v)), lambda f, v: calls.append((f, v)))
+    publish(window_drift(baseline, baseline["features"], [np.array([]), np.array([])]),
+            lambda f, v: calls.append((f, v)), lambda f, v: calls.append((f, v)))
+    assert calls == []
 
 
 def test_categorical_psi_over_categories_with_an_unseen_bin() -> None:

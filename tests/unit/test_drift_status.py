@@ -229,7 +229,8 @@ def test_controller_reads_drift_at_most_every_interval_and_writes_it_once():
     assert status["drift"] == {
         "time": stamp(35), "version": "iris-v1", "maxPsi": 0.5, "feature": "petal_length",
         "features": [{"name": "petal_length", "psi": 0.5, "ks": 0.4}, {"name": "sepal_width", "psi": 0.01}],
-        "threshold": 0.2, "drifted": True, "since": stamp(35)}
+        "threshold": 0.2, "drifted": True, "since": stamp(35),
+        "consecutive": 1, "readingsPerDay": 2880.0, "featureCount": 2}
     assert len(h.events("DriftDetected")) == 1
     version = h.obj()["metadata"]["resourceVersion"]
     for _ in range(5):
@@ -296,9 +297,8 @@ def test_metrics_reader_scrapes_or_queries_the_champion(prometheus):
     def opener(url, timeout):
         asked.append(url)
         if "/api/v1/query" in url:
-            metric = "psi" if "psi" in url else "ks"
-            result = [{"metric": {"model": "iris", "version": "iris-v1", "feature": "a"},
-                       "value": [0, "0.42" if metric == "psi" else "0.3"]}]
+            value = "0.42" if "drift_psi" in url else "1e-05" if "p_value" in url else "0.3"
+            result = [{"metric": {"model": "iris", "version": "iris-v1", "feature": "a"}, "value": [0, value]}]
             return io.BytesIO(jsonlib.dumps({"status": "success", "data": {"result": result}}).encode())
         return io.BytesIO(text.encode())
 
@@ -310,7 +310,27 @@ def test_metrics_reader_scrapes_or_queries_the_champion(prometheus):
     features = logic.features_from_samples(samples, "iris", "iris-v1")
     assert features[0].name == "a" and features[0].psi == 0.42
     if prometheus:
-        assert len(asked) == 2 and all(u.startswith("http://prom:9090/api/v1/query?") for u in asked)
-        assert features[0].ks == 0.3
+        assert len(asked) == 3 and all(u.startswith("http://prom:9090/api/v1/query?") for u in asked)
+        assert features[0].ks == 0.3 and features[0].p_value == 1e-05
+        # The worst pod of a p-value is its smallest.
+        assert any("query=min+by" in u and "p_value" in u for u in asked)
     else:
         assert asked == ["http://iris-champion.local:8080/metrics"]
+
+
+def test_a_psi_over_the_threshold_is_drift_only_when_significant_among_the_features():
+    # 30 features, the worst at PSI 0.3 over 0.25: noise on a small window (p = 0.001, times 30
+    # features = 0.03, not below the false-alarm rate 0.01), then a real change (p = 1e-6).
+    calm = [FeatureDrift(name=f"f{j}", psi=0.1, p_value=0.5) for j in range(29)]
+    noisy = logic.reading([FeatureDrift(name="x", psi=0.3, p_value=0.001), *calm], "iris-v1", 0.25, None, T0)
+    assert noisy.drifted is False and noisy.p_value == pytest.approx(0.03) and noisy.consecutive == 0
+    condition = logic.drift_condition(noisy, False, "iris-v1")
+    assert condition[1] == "False" and "not significant (p=0.03 over 30 features): sampling noise" in condition[3]
+    real = [FeatureDrift(name="x", psi=0.3, p_value=1e-6), *calm]
+    first = logic.reading(real, "iris-v1", 0.25, noisy, T0 + timedelta(minutes=1))
+    second = logic.reading(real, "iris-v1", 0.25, first, T0 + timedelta(minutes=2), interval="30s")
+    assert (first.drifted, first.consecutive, second.consecutive) == (True, 1, 2)
+    assert second.since == first.since and second.readings_per_day == 2880.0
+    # A significant feature under the threshold is not drift either.
+    small = logic.reading([FeatureDrift(name="x", psi=0.05, p_value=1e-12)], "iris-v1", 0.25, None, T0)
+    assert small.drifted is False and small.p_value is None

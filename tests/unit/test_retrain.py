@@ -38,9 +38,10 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def drift(max_psi: float, *, drifted: bool = True) -> DriftStatus:
+def drift(max_psi: float, *, drifted: bool = True, consecutive: int = 3, p_value: float | None = None) -> DriftStatus:
     return DriftStatus(time="2026-03-02T11:00:00Z", version="iris-v1", max_psi=max_psi, feature="petal_length",
-                       threshold=0.2, drifted=drifted, since="2026-03-02T10:45:00Z" if drifted else None)
+                       threshold=0.2, drifted=drifted, since="2026-03-02T10:45:00Z" if drifted else None,
+                       consecutive=consecutive if drifted else 0, p_value=p_value, readings_per_day=1440.0)
 
 
 def child(index: int, phase: str, time: str) -> logic.RetrainChild:
@@ -117,6 +118,7 @@ def test_no_overlap_while_the_previous_retrain_runs():
     assert waiting.child is None
     assert waiting.requeue_after == logic.POLL_SECONDS
     assert "waiting for iris-r1 to finish" in waiting.status["retrain_message"]
+    assert [e.reason for e in waiting.events] == ["RetrainHeldBack"]
     done = logic.RetrainObserved(children=(child(1, "Succeeded", "2026-03-02T11:00:00Z"),))
     assert logic.decide(exp, done, at("2026-03-02T12:30:00")).child["metadata"]["name"] == "iris-r2"
 
@@ -131,7 +133,38 @@ def test_drift_triggers_above_the_retrain_threshold_only():
     fired = logic.decide(exp, logic.RetrainObserved(drift=drift(0.5)), now)
     assert fired.child is not None
     assert fired.child["metadata"]["annotations"]["mlops.seed.io/retrain-reason"] == (
-        "drift on InferenceService iris: iris-v1 feature petal_length PSI 0.5 > 0.3 since 2026-03-02T10:45:00Z")
+        "drift on InferenceService iris: iris-v1 feature petal_length PSI 0.5 > 0.3 for 3 readings "
+        "since 2026-03-02T10:45:00Z")
+
+
+def _held_back(outcome: logic.RetrainOutcome) -> list[str]:
+    return [e.message for e in outcome.events if e.reason == "RetrainHeldBack"]
+
+
+def test_drift_must_persist_before_a_retrain_and_says_so():
+    exp = experiment({"onDrift": {"enabled": True, "service": "iris", "persistence": 3}})
+    now = at("2026-03-02T11:00:00")
+    once = logic.decide(exp, logic.RetrainObserved(drift=drift(0.5, consecutive=1)), now)
+    assert once.child is None
+    assert once.status["retrain_message"].endswith("in 1 reading(s) in a row; onDrift.persistence=3 needed")
+    assert _held_back(once) == [once.status["retrain_message"]]
+    # The same reason again is not announced twice.
+    said = experiment({"onDrift": {"enabled": True, "service": "iris", "persistence": 3}},
+                      retrainMessage=once.status["retrain_message"])
+    assert _held_back(logic.decide(said, logic.RetrainObserved(drift=drift(0.5, consecutive=1)), now)) == []
+    assert logic.decide(exp, logic.RetrainObserved(drift=drift(0.5, consecutive=3)), now).child is not None
+
+
+def test_a_retrain_needs_significance_over_a_whole_day_of_readings():
+    # 1,440 readings a day at falseAlarmPerDay 0.01: the reading's p-value must be below 6.9e-6.
+    exp = experiment({"onDrift": {"enabled": True, "service": "iris"}})
+    now = at("2026-03-02T11:00:00")
+    weak = logic.decide(exp, logic.RetrainObserved(drift=drift(0.5, p_value=1e-4)), now)
+    assert weak.child is None and "is not below 6.9e-06" in weak.status["retrain_message"]
+    assert _held_back(weak)
+    strong = logic.decide(exp, logic.RetrainObserved(drift=drift(0.5, p_value=1e-9)), now)
+    assert strong.child is not None and "p=1e-09" in strong.child["metadata"]["annotations"][
+        "mlops.seed.io/retrain-reason"]
 
 
 def test_drift_cooldown_counts_from_the_last_retrain():
@@ -140,6 +173,9 @@ def test_drift_cooldown_counts_from_the_last_retrain():
     observed = logic.RetrainObserved(drift=drift(0.5), children=(child(1, "Succeeded", "2026-03-02T11:00:00Z"),))
     cooling = logic.decide(exp, observed, at("2026-03-02T16:00:00"))
     assert cooling.child is None and cooling.requeue_after == logic.POLL_SECONDS
+    assert cooling.status["retrain_message"].endswith(
+        "held back by onDrift.cooldown=6h after iris-r1 until 2026-03-02T17:00:00Z")
+    assert _held_back(cooling) == [cooling.status["retrain_message"]]
     assert logic.decide(exp, observed, at("2026-03-02T16:59:30")).requeue_after == 30.0
     assert logic.decide(exp, observed, at("2026-03-02T17:00:00")).child["metadata"]["name"] == "iris-r2"
 
@@ -153,6 +189,7 @@ def test_daily_cap():
     capped = logic.decide(exp, observed, at("2026-03-02T14:00:00"))
     assert capped.child is None
     assert "maxRetrainsPerDay=3" in capped.status["retrain_message"]
+    assert _held_back(capped) == [capped.status["retrain_message"]]
     assert capped.requeue_after == 21 * 3600.0  # until the oldest of the three is a day old
     assert logic.decide(exp, observed, at("2026-03-03T11:00:01")).child["metadata"]["name"] == "iris-r4"
 

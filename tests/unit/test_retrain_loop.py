@@ -118,7 +118,7 @@ def drifted(world: World, max_psi: float = 0.6) -> None:
     world.cluster.patch_status(API, "InferenceService", NS, "iris", {"drift": {
         "time": world.stamp(), "version": "iris-v1", "maxPsi": max_psi, "feature": "petal_length",
         "features": [{"name": "petal_length", "psi": max_psi, "ks": 0.4}], "threshold": 0.25,
-        "drifted": True, "since": world.stamp()}})
+        "drifted": True, "since": world.stamp(), "consecutive": 3}})
 
 
 def test_drift_retrains_once_then_waits_for_the_cooldown():
@@ -155,6 +155,9 @@ def test_drift_retrains_once_then_waits_for_the_cooldown():
     world.settle()
     assert retrains(world) == ["iris-r1"]
     status = world.get("Experiment", "iris")["status"]
+    # The held-back retrain says why, in the status and once in an Event.
+    assert "held back by onDrift.cooldown=2h after iris-r1 until" in status["retrainMessage"]
+    assert [e for e in world.events("RetrainHeldBack", "iris") if "onDrift.cooldown=2h" in str(e)]
     assert status["retrainCount"] == 1
     assert len(world.events("RetrainTriggered", "iris")) == 1
     # After the cooldown, drift that persists retrains again.

@@ -27,6 +27,7 @@ from .conditions import Condition
 from .ml import CrossValidation, Dataset, Objective, Validation
 
 LEADERBOARD_SIZE = 10
+PARETO_SIZE = 20
 RETRAIN_HISTORY = 20
 
 
@@ -100,9 +101,16 @@ class Search(ApiModel):
     max_failed_trials: int = Field(default=3, ge=0, le=10000)
     seed: int = Field(default=0, ge=0, description="Makes random and bayesian proposals reproducible.")
     initial_random_trials: int = Field(
-        default=3, ge=1, le=100, description="Bayesian search starts with this many random trials."
+        default=10, ge=1, le=100,
+        description="Bayesian search starts with this many random trials (optuna's default for TPE).",
     )
     early_stopping: EarlyStopping | None = None
+    warm_start_from: list[DnsLabel] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Experiments in this namespace whose finished trials (params and results) the bayesian "
+        "model starts from; their params are never tried again.",
+    )
 
     @model_validator(mode="after")
     def _parallelism_within_budget(self) -> Search:
@@ -121,6 +129,14 @@ class DriftRetrain(ApiModel):
     psi_threshold: float = Field(default=0.25, gt=0)
     cooldown: Duration = Field(
         default="6h", description="Least time between the last retrain (of any cause) and a drift-triggered one."
+    )
+    persistence: int = Field(
+        default=3, ge=1, le=100, description="Consecutive drifted readings before a drift-triggered retrain."
+    )
+    false_alarm_per_day: float = Field(
+        default=0.01, gt=0.0, lt=1.0,
+        description="Chance per day that unshifted traffic triggers a retrain: the reading's p-value must be "
+        "below this divided by the readings per day (Bonferroni over a day's readings).",
     )
 
 
@@ -146,6 +162,13 @@ class ExperimentSpec(ApiModel):
     params: FreeFormObject = Field(default_factory=dict, description="Fixed hyperparameters.")
     search: Search = Field(default_factory=Search)
     objective: Objective = Field(default_factory=Objective)
+    secondary_objectives: list[Objective] = Field(
+        default_factory=list,
+        max_length=3,
+        description="More objectives to trade off against spec.objective (multi-objective search): "
+        "status.paretoFront lists the trials no other trial beats on every objective, and the registered "
+        "version is the Pareto-optimal trial with the best spec.objective among those within every limit.",
+    )
     metrics: list[MetricName] | None = Field(default=None, description="Metrics to compute (default: all for the task).")
     cross_validation: CrossValidation | None = None
     validation: Validation = Field(default_factory=Validation)
@@ -191,6 +214,12 @@ class ExperimentStatus(StatusModel):
     best_trial: TrialSummary | None = None
     best_objective_value: float | None = None
     leaderboard: list[TrialSummary] = Field(default_factory=list, max_length=LEADERBOARD_SIZE)
+    pareto_front: list[TrialSummary] | None = Field(
+        default=None,
+        max_length=PARETO_SIZE,
+        description="With spec.secondaryObjectives: the succeeded trials no other trial beats on every "
+        "objective, the preferred first.",
+    )
     model_version: str | None = Field(default=None, description="The ModelVersion it registered.")
     registered_versions: list[str] = Field(default_factory=list)
     start_time: str | None = None

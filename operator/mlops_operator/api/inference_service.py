@@ -66,7 +66,20 @@ class Analysis(ApiModel):
     min_sample_size: int = Field(
         default=50, ge=1, description="Requests (and feedback labels) needed before a verdict; fewer is Inconclusive."
     )
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion tests.")
+    confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="1 - the chance of rolling back a challenger as good as the champion, over the whole rollout "
+        "(anytime-valid bounds: every step and interval included).",
+    )
+    max_latency_tail_increase: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="How much larger the challenger's share of requests slower than the champion's p95 bucket "
+        "may be (0.05: up to 10% of its requests against the champion's 5%).",
+    )
     failure_limit: int = Field(default=1, ge=1, description="Failed analyses before rolling back.")
     # The wire name is spelled as users know it from Flagger and the issue: prometheusURL.
     prometheus_url: str | None = Field(
@@ -135,7 +148,15 @@ class Drift(ApiModel):
     """Watch the champion's per-feature drift (PSI and KS against the training baseline)."""
 
     enabled: bool = True
-    psi_threshold: float = Field(default=0.25, gt=0.0, description="A feature drifts when its PSI exceeds this.")
+    psi_threshold: float = Field(
+        default=0.25, gt=0.0,
+        description="A feature drifts when its PSI exceeds this and its change is significant (falseAlarmRate).",
+    )
+    false_alarm_rate: float = Field(
+        default=0.01, gt=0.0, lt=1.0,
+        description="Chance that a reading of unshifted traffic says Drifted: each feature's chi-square p-value "
+        "must be below this divided by the number of features.",
+    )
     interval: Duration = Field(
         default="1m", description="How often the server computes drift and the operator reads it."
     )
@@ -223,6 +244,7 @@ class FeatureDrift(StatusModel):
     name: str
     psi: float | None = None
     ks: float | None = None
+    p_value: float | None = Field(default=None, description="Chi-square p-value of the PSI bins (small: a real change).")
 
 
 class DriftStatus(StatusModel):
@@ -236,7 +258,16 @@ class DriftStatus(StatusModel):
         default_factory=list, max_length=DRIFT_FEATURES, description="Highest PSI first."
     )
     threshold: float
-    drifted: bool = Field(description="maxPsi > spec.drift.psiThreshold.")
+    drifted: bool = Field(
+        description="Some feature's PSI > spec.drift.psiThreshold with a p-value below falseAlarmRate / features."
+    )
+    p_value: float | None = Field(
+        default=None,
+        description="The smallest p-value of a feature above the threshold, times the features (Bonferroni).",
+    )
+    feature_count: int | None = Field(default=None, ge=0, description="Features scored in the reading.")
+    readings_per_day: float | None = Field(default=None, description="86400 s / spec.drift.interval.")
+    consecutive: int = Field(default=0, ge=0, description="Readings in a row that found drift.")
     since: str | None = Field(default=None, description="When maxPsi first went above the threshold (while drifted).")
 
 

@@ -52,8 +52,17 @@ class Dataset(ApiModel):
 
 
 class Objective(ApiModel):
-    metric: MetricName = "accuracy"
+    metric: MetricName = Field(
+        default="accuracy",
+        description="A metric the trainer computes; as a secondary objective also model_size_bytes "
+        "(the artifact's size) or training_seconds.",
+    )
     goal: Literal["maximize", "minimize"] = "maximize"
+    limit: float | None = Field(
+        default=None,
+        description="Secondary objectives only: the worst value the registered version may have "
+        "(at least this when maximizing, at most when minimizing).",
+    )
 
 
 class CrossValidation(ApiModel):

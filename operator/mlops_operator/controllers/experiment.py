@@ -30,6 +30,22 @@ def observe_trials(cluster: Cluster, obj: Obj) -> list[Obj]:
     return cluster.list(TrainingRun.api_version(), "TrainingRun", namespace, {EXPERIMENT_LABEL: name})
 
 
+def observe_warm_start(cluster: Cluster, obj: Obj, exp: Experiment) -> tuple[logic.TrialFacts, ...]:
+    """The finished trials of the Experiments in spec.search.warmStartFrom (same namespace),
+    in that order and by trial index; an Experiment that does not exist contributes none.
+    Their objective value is re-read in this Experiment's terms (its objective metric), since
+    the other Experiment may have optimised another metric."""
+    namespace, _ = meta_of(obj)
+    metric = exp.spec.objective.metric
+    trials: list[logic.TrialFacts] = []
+    for source in exp.spec.search.warm_start_from:
+        runs = cluster.list(TrainingRun.api_version(), "TrainingRun", namespace, {EXPERIMENT_LABEL: source})
+        facts = sorted((logic.trial_facts(r) for r in runs), key=lambda t: t.index)
+        trials += [dataclasses.replace(t, objective_value=t.metrics.get(metric))
+                   for t in facts if t.phase in logic.TERMINAL]
+    return tuple(trials)
+
+
 def observe_versions(cluster: Cluster, obj: Obj, model: str) -> tuple[logic.RegisteredVersion, ...]:
     namespace, name = meta_of(obj)
     found = cluster.list(ModelVersion.api_version(), "ModelVersion", namespace,
@@ -84,6 +100,7 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = 
             trials=tuple(logic.trial_facts(r) for r in runs),
             versions=observe_versions(cluster, current, exp.spec.model),
             retrain=observe_retrain(cluster, current, exp),
+            warm_start=observe_warm_start(cluster, current, exp),
         )
         problems: list[Event] = []
         due = logic.registrations_due(exp, observed)

@@ -151,7 +151,9 @@ def observe_drift(cluster: Cluster, isvc: InferenceService, status: InferenceSer
         return None
     champion = status.champion or ""
     features = drift_logic.features_from_samples(samples, isvc.spec.model, champion)
-    return drift_logic.reading(features, champion, isvc.spec.drift.psi_threshold, status.drift, now)
+    spec = isvc.spec.drift
+    return drift_logic.reading(features, champion, spec.psi_threshold, status.drift, now,
+                               false_alarm_rate=spec.false_alarm_rate, interval=spec.interval)
 
 
 def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: datetime, reader: Reader,

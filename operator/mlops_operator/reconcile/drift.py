@@ -9,7 +9,10 @@ hands the samples here:
 - `features_from_samples`: the champion's features, the worst pod per feature (each pod
   measures its own window; one drifting replica is drift), highest PSI first;
 - `reading`: the new `DriftStatus` (None when there are no gauges yet: no traffic), with
-  `since` kept from the previous reading while the PSI stays above the threshold;
+  `since` kept from the previous reading while the PSI stays above the threshold. A feature
+  drifts when its PSI is above the threshold *and* its chi-square p-value (gauge
+  `mlops_feature_drift_p_value`) is below `falseAlarmRate / features`: PSI alone on a small
+  window of many features is mostly noise (runtime/mlops_runtime/drift.py);
 - `next_drift`: what status.drift becomes (a reading of another version than the champion
   is dropped: after a promotion the old champion's drift says nothing);
 - `drift_condition` / `drift_events`: the `Drifted` condition and the Event when it turns True.
@@ -38,6 +41,8 @@ from .plan import Event
 
 PSI_METRIC = "mlops_feature_drift_psi"
 KS_METRIC = "mlops_feature_drift_ks"
+P_VALUE_METRIC = "mlops_feature_drift_p_value"
+DAY_SECONDS = 86400.0
 
 
 class DriftSample(Protocol):
@@ -77,11 +82,11 @@ def read_due(spec: Drift, previous: DriftStatus | None, champion: str | None, no
 
 
 def features_from_samples(samples: Iterable[DriftSample], model: str, version: str) -> list[FeatureDrift]:
-    """The drift gauges of `model`/`version`, worst pod per feature, highest PSI first."""
-    psi: dict[str, float] = {}
-    ks: dict[str, float] = {}
+    """The drift gauges of `model`/`version`, worst pod per feature (highest score, lowest
+    p-value), highest PSI first."""
+    scores: dict[str, dict[str, float]] = {PSI_METRIC: {}, KS_METRIC: {}, P_VALUE_METRIC: {}}
     for sample in samples:
-        if sample.name not in (PSI_METRIC, KS_METRIC):
+        if sample.name not in scores:
             continue
         labels = sample.labels
         feature = labels.get("feature")
@@ -89,27 +94,47 @@ def features_from_samples(samples: Iterable[DriftSample], model: str, version: s
             continue
         if sample.value != sample.value:  # NaN: nothing measured for this feature
             continue
-        into = psi if sample.name == PSI_METRIC else ks
-        into[feature] = max(into.get(feature, sample.value), sample.value)
+        into = scores[sample.name]
+        worst = min if sample.name == P_VALUE_METRIC else max
+        into[feature] = worst(into.get(feature, sample.value), sample.value)
+    psi, ks, p = scores[PSI_METRIC], scores[KS_METRIC], scores[P_VALUE_METRIC]
     names = sorted(set(psi) | set(ks), key=lambda n: (-psi.get(n, -1.0), n))
-    return [FeatureDrift(name=n, psi=psi.get(n), ks=ks.get(n)) for n in names]
+    return [FeatureDrift(name=n, psi=psi.get(n), ks=ks.get(n), p_value=p.get(n)) for n in names]
+
+
+def adjusted_p_value(features: list[FeatureDrift], threshold: float) -> float | None:
+    """The smallest p-value among the features whose PSI is above the threshold, times the
+    number of features scored (Bonferroni); None when no such feature has a p-value (none is
+    above the threshold, or an older server exports none: then the threshold alone decides)."""
+    scored = [f for f in features if f.psi is not None]
+    tested = [f.p_value for f in scored if f.psi > threshold and f.p_value is not None]  # type: ignore[operator]
+    return min(1.0, min(tested) * len(scored)) if tested else None
 
 
 def reading(features: list[FeatureDrift], version: str, threshold: float, previous: DriftStatus | None,
-            now: datetime) -> DriftStatus | None:
+            now: datetime, false_alarm_rate: float = 0.01, interval: str = "1m") -> DriftStatus | None:
     """The status of one reading; None when no feature has a PSI yet."""
     scored = [f for f in features if f.psi is not None]
     if not scored:
         return None
-    worst = scored[0]
-    max_psi = float(worst.psi)  # type: ignore[arg-type]
-    drifted = max_psi > threshold
+
+    def drifting(f: FeatureDrift) -> bool:
+        return f.psi > threshold and (f.p_value is None or f.p_value * len(scored) < false_alarm_rate)  # type: ignore[operator]
+
+    significant = [f for f in scored if drifting(f)]
+    drifted = bool(significant)
+    worst = significant[0] if significant else scored[0]
+    held = previous is not None and previous.version == version and previous.drifted
     since = None
     if drifted:
-        held = previous is not None and previous.version == version and previous.drifted and previous.since
-        since = previous.since if held else rfc3339(now)  # type: ignore[union-attr]
-    return DriftStatus(time=rfc3339(now), version=version, max_psi=max_psi, feature=worst.name,
-                       features=features[:DRIFT_FEATURES], threshold=threshold, drifted=drifted, since=since)
+        since = previous.since if held and previous.since else rfc3339(now)  # type: ignore[union-attr]
+    consecutive = (previous.consecutive + 1 if held else 1) if drifted else 0  # type: ignore[union-attr]
+    return DriftStatus(time=rfc3339(now), version=version, max_psi=float(scored[0].psi),  # type: ignore[arg-type]
+                       feature=worst.name, features=features[:DRIFT_FEATURES], threshold=threshold,
+                       drifted=drifted, p_value=adjusted_p_value(scored, threshold), consecutive=consecutive,
+                       feature_count=len(scored),
+                       readings_per_day=DAY_SECONDS / max(1.0, parse_duration(interval).total_seconds()),
+                       since=since)
 
 
 def next_drift(previous: DriftStatus | None, new: DriftStatus | None, champion: str | None) -> DriftStatus | None:
@@ -132,13 +157,19 @@ def drift_condition(drift: DriftStatus | None, had_condition: bool, champion: st
         return (DRIFTED, "Unknown", REASON_DRIFT_NOT_MEASURED, why)
     if drift.drifted:
         return (DRIFTED, "True", REASON_DRIFT_DETECTED, describe(drift))
+    if drift.p_value is not None:
+        return (DRIFTED, "False", REASON_NO_DRIFT,
+                f"{drift.version}: max PSI {drift.max_psi:.3g} ({drift.feature}) above {drift.threshold:g} but not "
+                f"significant (p={drift.p_value:.2g} over {drift.feature_count} features): sampling noise")
     return (DRIFTED, "False", REASON_NO_DRIFT,
             f"{drift.version}: max PSI {drift.max_psi:.3g} ({drift.feature}) within {drift.threshold:g}")
 
 
 def describe(drift: DriftStatus) -> str:
-    return (f"{drift.version}: feature {drift.feature} PSI {drift.max_psi:.3g} > {drift.threshold:g}"
-            f" since {drift.since}")
+    worst = next((f for f in drift.features if f.name == drift.feature), None)
+    psi = worst.psi if worst is not None and worst.psi is not None else drift.max_psi
+    significance = f", p={drift.p_value:.2g} over {drift.feature_count} features" if drift.p_value is not None else ""
+    return f"{drift.version}: feature {drift.feature} PSI {psi:.3g} > {drift.threshold:g}{significance} since {drift.since}"
 
 
 def drift_events(old: list[Condition], new: list[Condition]) -> tuple[Event, ...]:

@@ -40,9 +40,10 @@ from ..api.conditions import (
     find_condition,
     rfc3339,
 )
-from ..api.experiment import LEADERBOARD_SIZE, Experiment, ExperimentStatus, TrialCounts, TrialSummary
+from ..api.experiment import LEADERBOARD_SIZE, PARETO_SIZE, Experiment, ExperimentStatus, TrialCounts, TrialSummary
+from ..api.ml import Objective
 from ..api.naming import trial_name
-from ..search import propose, trial_budget
+from ..search import pareto, propose, trial_budget
 from . import retrain as retraining
 from .common import (
     TRIAL_INDEX_LABEL,
@@ -72,6 +73,8 @@ class TrialFacts:
     objective_value: float | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     message: str | None = None
+    size: int | None = None  # the artifact's bytes (the objective model_size_bytes)
+    duration_seconds: float | None = None  # the objective training_seconds
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ExperimentObserved:
     trials: tuple[TrialFacts, ...] = ()
     versions: tuple[RegisteredVersion, ...] = ()
     retrain: retraining.RetrainObserved = field(default_factory=retraining.RetrainObserved)
+    # Trials of the Experiments in spec.search.warmStartFrom, in that order.
+    warm_start: tuple[TrialFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ def trial_facts(obj: Mapping[str, Any]) -> TrialFacts:
         objective_value=status.get("objectiveValue"),
         metrics=status.get("metrics") or {},
         message=status.get("message"),
+        size=status.get("size"),
+        duration_seconds=status.get("durationSeconds"),
     )
 
 
@@ -142,11 +149,57 @@ def maximizing(exp: Experiment) -> bool:
     return exp.spec.objective.goal == "maximize"
 
 
+def objectives(exp: Experiment) -> list[Objective]:
+    return [exp.spec.objective, *exp.spec.secondary_objectives]
+
+
+def objective_point(exp: Experiment, trial: TrialFacts) -> tuple[float, ...] | None:
+    """A succeeded trial's value on every objective (None: one is missing)."""
+    if trial.phase != "Succeeded" or trial.objective_value is None:
+        return None
+    known = {**trial.metrics, pareto.MODEL_SIZE: trial.size, pareto.TRAINING_SECONDS: trial.duration_seconds,
+             exp.spec.objective.metric: trial.objective_value}
+    return pareto.objective_values(objectives(exp), known)
+
+
+def scored_value(exp: Experiment, trial: TrialFacts) -> float | tuple[float, ...] | None:
+    """What the search learns from a trial: its objective value, or its point when there
+    are secondary objectives."""
+    if not exp.spec.secondary_objectives:
+        return float(trial.objective_value) if trial.phase == "Succeeded" and trial.objective_value is not None \
+            else None
+    return objective_point(exp, trial)
+
+
+def goals(exp: Experiment) -> bool | list[bool]:
+    if not exp.spec.secondary_objectives:
+        return maximizing(exp)
+    return [o.goal == "maximize" for o in objectives(exp)]
+
+
 def rank(exp: Experiment, trials: tuple[TrialFacts, ...]) -> tuple[TrialFacts, ...]:
-    """Succeeded trials with an objective value, best first; ties go to the earlier trial."""
+    """Succeeded trials with an objective value, best first; ties go to the earlier trial.
+    With secondary objectives "best" is the declared preference (search.pareto): the
+    Pareto-optimal trials within the limits first, then the rest of the front, then the
+    others, each by the primary objective; trials missing a secondary value come last."""
     sign = -1.0 if maximizing(exp) else 1.0
     scored = [t for t in trials if t.phase == "Succeeded" and t.objective_value is not None]
-    return tuple(sorted(scored, key=lambda t: (sign * float(t.objective_value), t.index)))  # type: ignore[arg-type]
+    by_value = sorted(scored, key=lambda t: (sign * float(t.objective_value), t.index))  # type: ignore[arg-type]
+    if not exp.spec.secondary_objectives:
+        return tuple(by_value)
+    points = [(t.name, p) for t in sorted(scored, key=lambda t: t.index) if (p := objective_point(exp, t))]
+    order = pareto.preference_order(points, objectives(exp))
+    by_name = {t.name: t for t in scored}
+    return tuple([by_name[n] for n in order] + [t for t in by_value if t.name not in set(order)])
+
+
+def front_of(exp: Experiment, ranked: tuple[TrialFacts, ...]) -> list[TrialFacts] | None:
+    """The Pareto front in preference order (None without secondary objectives)."""
+    if not exp.spec.secondary_objectives:
+        return None
+    points = [(t.name, p) for t in ranked if (p := objective_point(exp, t))]
+    front = set(pareto.pareto_front(points, [o.goal == "maximize" for o in objectives(exp)]))
+    return [t for t in ranked if t.name in front]
 
 
 def early_stop_reached(exp: Experiment, trials: tuple[TrialFacts, ...], ranked: tuple[TrialFacts, ...]) -> str | None:
@@ -280,6 +333,15 @@ def _summary(exp: Experiment, trial: TrialFacts, full_params: bool) -> TrialSumm
     )
 
 
+def _front_summary(exp: Experiment, trial: TrialFacts) -> TrialSummary:
+    """A Pareto-front entry: its metrics include every objective's value (model_size_bytes
+    and training_seconds come from the TrainingRun's status, not from its metrics)."""
+    summary = _summary(exp, trial, full_params=False)
+    point = objective_point(exp, trial) or ()
+    values = {o.metric: v for o, v in zip(objectives(exp), point)}
+    return summary.model_copy(update={"metrics": {**summary.metrics, **values}})
+
+
 def _format_params(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "no searched parameters"
 
@@ -293,7 +355,7 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
         return _with_retrain(exp, status, observed, now, Plan(status={}, metrics=_gauges(status)))
 
     decision, stop_message = decide(exp, observed)
-    children, events = _start_trials(exp, decision)
+    children, events = _start_trials(exp, decision, observed.warm_start)
     counts = decision.counts.model_copy(update={
         "total": decision.counts.total + len(children), "pending": decision.counts.pending + len(children)})
     best = decision.ranked[0] if decision.ranked else None
@@ -312,6 +374,8 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
         best_trial=_summary(exp, best, full_params=True) if best else None,
         best_objective_value=best.objective_value if best else None,
         leaderboard=[_summary(exp, t, full_params=False) for t in decision.ranked[:LEADERBOARD_SIZE]],
+        pareto_front=None if (front := front_of(exp, decision.ranked)) is None
+        else [_front_summary(exp, t) for t in front[:PARETO_SIZE]],
         model_version=by_run[best.name].name if best is not None and best.name in by_run else old.model_version,
         registered_versions=list(dict.fromkeys([*old.registered_versions, *registered])),
         start_time=old.start_time or (rfc3339(now) if counts.total else None),
@@ -339,13 +403,18 @@ def _with_retrain(exp: Experiment, status: ExperimentStatus, observed: Experimen
                                events=plan.events + outcome.events, requeue_after=outcome.requeue_after)
 
 
-def _start_trials(exp: Experiment, decision: Decision) -> tuple[list[dict[str, Any]], list[Event]]:
+def _start_trials(exp: Experiment, decision: Decision,
+                  warm_start: tuple[TrialFacts, ...] = ()) -> tuple[list[dict[str, Any]], list[Event]]:
     """The new trials' manifests, each with its TrialStarted Event."""
-    history = [(_searched(exp, t.params), float(t.objective_value))  # type: ignore[arg-type]
-               for t in decision.trials if t.phase == "Succeeded" and t.objective_value is not None]
+    # The warm start's trials, then every started trial in index order: the scored ones
+    # teach the sampler, all of them (and the ones this pass starts) are points not to
+    # propose again.
+    history: list[tuple[dict[str, Any], Any]] = [
+        (_searched(exp, t.params), scored_value(exp, t)) for t in (*warm_start, *decision.trials)]
     children, events = [], []
     for index in decision.new_indices:
-        proposal = propose(exp.spec.search, history, index, maximizing(exp))
+        proposal = propose(exp.spec.search, history, index, goals(exp))
+        history.append((proposal, None))
         manifest = desired_trial(exp, index, proposal)
         children.append(manifest)
         events.append(Event(REASON_TRIAL_STARTED, f"started {manifest['metadata']['name']}: {_format_params(proposal)}"))

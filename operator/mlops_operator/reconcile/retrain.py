@@ -10,9 +10,15 @@ Triggers, for a finished parent (Succeeded or Failed):
 - `schedule` (5-field cron or @daily-style, UTC): due once the next fire time after the later
   of the parent's completion and the last retrain has passed (missed fires collapse to one);
 - `onDrift`: due while the InferenceService `onDrift.service` reports `status.drift.drifted`
-  with `maxPsi > onDrift.psiThreshold`, and `onDrift.cooldown` has passed since the last retrain.
+  with the drifting feature's PSI above `onDrift.psiThreshold`, for `onDrift.persistence`
+  readings in a row, with a reading p-value (already corrected for the features) below
+  `onDrift.falseAlarmPerDay / readingsPerDay`: a union bound over a day's readings, so that
+  unshifted traffic starts a retrain on at most that share of days however the readings'
+  windows overlap; and `onDrift.cooldown` has passed since the last retrain.
 Guards: never while the previous retrain is still running, at most `maxRetrainsPerDay` in
-any 24 hours. What happened is rebuilt from the children themselves (their labels and
+any 24 hours. Every retrain held back (cooldown, daily cap, one still running, drift not yet
+persistent or significant enough) says why in `status.retrainMessage`, and in a
+`RetrainHeldBack` Event when that reason changes. What happened is rebuilt from the children themselves (their labels and
 annotations) merged with status, so a lost status write or a restart creates no duplicate.
 """
 
@@ -26,7 +32,7 @@ from typing import Any
 from croniter import croniter
 
 from ..api.common import parse_duration
-from ..api.conditions import REASON_RETRAIN_TRIGGERED, rfc3339
+from ..api.conditions import REASON_RETRAIN_HELD_BACK, REASON_RETRAIN_TRIGGERED, rfc3339
 from ..api.experiment import RETRAIN_HISTORY, Experiment, Retrain, RetrainRecord
 from ..api.inference_service import DriftStatus
 from ..api.naming import child_name
@@ -135,17 +141,38 @@ def history(previous: list[RetrainRecord], children: tuple[RetrainChild, ...]) -
     return sorted(known.values(), key=lambda r: (parse_time(r.time), r.name))
 
 
-def drift_reason(exp: Experiment, observed: RetrainObserved) -> str | None:
-    """Why drift asks for a retrain now, or None."""
+@dataclass(frozen=True)
+class DriftCall:
+    """What drift says about a retrain: `reason` when it asks for one now, else `waiting`
+    when it is drifting but not yet enough to act on (both None: no drift to speak of)."""
+
+    reason: str | None = None
+    waiting: str | None = None
+
+
+def drift_reason(exp: Experiment, observed: RetrainObserved) -> DriftCall:
+    """Whether drift asks for a retrain now, and why (or why not yet)."""
     retrain = exp.spec.retrain
     on_drift = retrain.on_drift if retrain else None
     drift = observed.drift
     if on_drift is None or not on_drift.enabled or drift is None or not drift.drifted:
-        return None
-    if drift.max_psi <= on_drift.psi_threshold:
-        return None
-    return (f"drift on InferenceService {on_drift.service}: {drift.version} feature {drift.feature} "
-            f"PSI {drift.max_psi:.3g} > {on_drift.psi_threshold:g} since {drift.since}")
+        return DriftCall()
+    worst = next((f for f in drift.features if f.name == drift.feature), None)
+    psi = worst.psi if worst is not None and worst.psi is not None else drift.max_psi
+    if psi <= on_drift.psi_threshold:
+        return DriftCall()
+    seen = (f"drift on InferenceService {on_drift.service}: {drift.version} feature {drift.feature} "
+            f"PSI {psi:.3g} > {on_drift.psi_threshold:g}")
+    if drift.consecutive < on_drift.persistence:
+        return DriftCall(waiting=f"{seen} in {drift.consecutive} reading(s) in a row; "
+                                 f"onDrift.persistence={on_drift.persistence} needed")
+    per_day = drift.readings_per_day or 1.0
+    level = on_drift.false_alarm_per_day / per_day
+    if drift.p_value is not None and drift.p_value >= level:
+        return DriftCall(waiting=f"{seen}, but p={drift.p_value:.2g} is not below {level:.2g} "
+                                 f"(falseAlarmPerDay {on_drift.false_alarm_per_day:g} over {per_day:g} readings a day)")
+    significance = f", p={drift.p_value:.2g}" if drift.p_value is not None else ""
+    return DriftCall(reason=f"{seen}{significance} for {drift.consecutive} readings since {drift.since}")
 
 
 def desired_retrain(exp: Experiment, index: int, reason: str, now: datetime) -> dict[str, Any]:
@@ -190,7 +217,10 @@ def decide(exp: Experiment, observed: RetrainObserved, now: datetime) -> Retrain
             "retrains": shown if (shown or retrain) else None,
             "retrain_message": waiting,
         }
-        return RetrainOutcome(status=status, child=child, events=tuple(events), requeue_after=requeue,
+        said = list(events)
+        if waiting is not None and waiting != (old.retrain_message if old else None):
+            said.append(Event(REASON_RETRAIN_HELD_BACK, waiting))
+        return RetrainOutcome(status=status, child=child, events=tuple(said), requeue_after=requeue,
                               waiting=waiting)
 
     if retrain is None or old is None or old.phase not in FINISHED:
@@ -202,6 +232,7 @@ def decide(exp: Experiment, observed: RetrainObserved, now: datetime) -> Retrain
     scheduled_at = next_fire(retrain.schedule, base) if retrain.schedule else None
 
     reason: str | None = None
+    held: str | None = None
     waits: list[float] = []
     if scheduled_at is not None:
         if now >= scheduled_at:
@@ -209,12 +240,16 @@ def decide(exp: Experiment, observed: RetrainObserved, now: datetime) -> Retrain
         else:
             waits.append((scheduled_at - now).total_seconds())
     on_drift = retrain.on_drift
-    if reason is None and (why := drift_reason(exp, observed)) is not None:
+    call = drift_reason(exp, observed) if reason is None else DriftCall()
+    held = call.waiting
+    if call.reason is not None:
         cooldown_end = last + parse_duration(on_drift.cooldown) if last and on_drift else None
         if cooldown_end is not None and now < cooldown_end:
             waits.append((cooldown_end - now).total_seconds())
+            held = (f"{call.reason}; held back by onDrift.cooldown={on_drift.cooldown} after "  # type: ignore[union-attr]
+                    f"{records[-1].name} until {rfc3339(cooldown_end)}")
         else:
-            reason = why
+            reason = call.reason
     if on_drift is not None and on_drift.enabled:
         waits.append(POLL_SECONDS)
 
@@ -239,11 +274,10 @@ def decide(exp: Experiment, observed: RetrainObserved, now: datetime) -> Retrain
         if on_drift is not None and on_drift.enabled:
             requeue.append(POLL_SECONDS)
         return outcome(child=child, requeue=min(requeue, default=None), next_time=next_time)
-    missing = None
     if on_drift is not None and on_drift.enabled and observed.service_missing:
-        missing = (f"spec.retrain.onDrift.service: no InferenceService {on_drift.service!r} in this namespace; "
-                   f"drift cannot trigger a retrain")
-    return outcome(requeue=min(waits, default=None), next_time=scheduled_at, waiting=missing)
+        held = (f"spec.retrain.onDrift.service: no InferenceService {on_drift.service!r} in this namespace; "
+                f"drift cannot trigger a retrain")
+    return outcome(requeue=min(waits, default=None), next_time=scheduled_at, waiting=held)
 
 
 def _finished_at(exp: Experiment, now: datetime) -> datetime:

@@ -275,13 +275,10 @@ def _analysing(status: InferenceServiceStatus, spec: Rollout, obs: Observations,
         return Outcome(status=status, requeue_after=_next_look(status, spec, now))
     if obs.metrics is None:
         return _inconclusive(status, spec, now, f"metrics unavailable: {obs.metrics_error or 'not read'}")
-    weights = planned_steps(spec)
     step = status.current_step or 0
     rollout_baseline = status.rollout_baseline or status.window_baseline
-    planned = len(weights) if spec.strategy == "canary" else spec.shadow_iterations
     inp = AnalysisInput(window=snapshot_delta(obs.metrics, status.window_baseline),
-                        rollout=snapshot_delta(obs.metrics, rollout_baseline),
-                        mode=spec.strategy, planned_analyses=planned)
+                        rollout=snapshot_delta(obs.metrics, rollout_baseline), mode=spec.strategy)
     result = analyse(inp, spec.analysis, time=timestamp(now), step=step, weight=traffic(status, spec).challenger)
     if result.verdict == "Inconclusive":
         new = status.model_copy(update={"last_analysis": result,
@@ -308,9 +305,12 @@ def _failed(status: InferenceServiceStatus, spec: Rollout, obs: Observations, no
     failed = status.failed_checks + 1
     limit = spec.analysis.failure_limit
     if failed < limit:
-        # Judge fresh data next time: the window restarts at this reading.
+        # Judge fresh data next time: the step window and the evidence restart at this
+        # reading, so failureLimit forgives a transient failure (the rollout-wide counts would
+        # keep it). Restarting costs no confidence: a rollback needs a Fail of the first
+        # evidence sequence, whose chance of a false one is already at most alpha.
         new = status.model_copy(update={"last_analysis": result, "failed_checks": failed,
-                                        "window_baseline": obs.metrics})
+                                        "window_baseline": obs.metrics, "rollout_baseline": obs.metrics})
         event = Event(REASON_ANALYSIS_FAILED, f"analysis failed ({failed}/{limit}): {result.message}", "Warning")
         return Outcome(status=new, events=(event,), analysis=result,
                        requeue_after=interval_of(spec).total_seconds())
