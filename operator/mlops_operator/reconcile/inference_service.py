@@ -35,6 +35,7 @@ from ..api.conditions import (
     REASON_PAUSED,
     REASON_PENDING,
     REASON_PROMOTED,
+    REASON_PROMOTING,
     REASON_ROLLED_BACK,
     REASON_ROLLOUT_STARTED,
     REASON_STABLE,
@@ -87,8 +88,8 @@ RESOLVE_EVERY_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class DeploymentState:
-    """A Deployment as the reconciler needs it: which version its pods run, and whether all
-    replicas of the current template are ready."""
+    """A Deployment as the reconciler needs it: which version its template runs, and whether
+    it has rolled out (`rollout_pending` is None: only pods of that template serve)."""
 
     version: str | None
     ready: bool
@@ -107,25 +108,39 @@ class Observed:
     drift: DriftStatus | None = None  # a fresh reading of the champion's drift gauges, if one was made
 
 
-def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
-    """Condense a Deployment: ready when the controller has seen its current generation and
-    every desired replica is updated and ready."""
-    if deployment is None:
-        return None
+def rollout_pending(deployment: dict[str, Any]) -> str | None:
+    """Why the Deployment has not rolled out yet, in the words of `kubectl rollout status`;
+    None once it has: the controller has seen the current generation, every desired replica
+    runs the current template and is available, and no pod of an older template is left.
+
+    Counting ready pods is not enough: while a new template rolls in, one ready old pod and
+    one unready new pod show `readyReplicas: 1, updatedReplicas: 1` for one replica, and
+    traffic sent to the Service then would still reach the old version."""
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
-    meta = deployment.get("metadata") or {}
-    replicas = int(spec.get("replicas", 1))
-    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    generation, observed = meta.get("generation"), status.get("observedGeneration")
-    current = generation is None or observed is None or observed >= generation
-    updated = status.get("updatedReplicas")
-    ready = (
-        current
-        and int(status.get("readyReplicas") or 0) >= replicas
-        and (updated is None or int(updated) >= replicas)
-    )
-    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=bool(ready))
+    # Absent counts as 0 on both sides, as in the API's Go types.
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return "waiting for the Deployment spec update to be observed"
+    wanted = int(spec.get("replicas", 1))
+    replicas, updated, available = (int(status.get(key) or 0)
+                                    for key in ("replicas", "updatedReplicas", "availableReplicas"))
+    if updated < wanted:
+        return f"{updated} of {wanted} new replicas have been updated"
+    if replicas > updated:
+        return f"{replicas - updated} old replicas are pending termination"
+    if available < updated:
+        return f"{available} of {updated} updated replicas are available"
+    return None
+
+
+def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
+    """Condense a Deployment: the version its template runs and whether it has rolled out."""
+    if deployment is None:
+        return None
+    template = (deployment.get("spec") or {}).get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=rollout_pending(deployment) is None)
 
 
 # ---------------------------------------------------------------- names and URLs
@@ -395,7 +410,9 @@ def phase_of(status: InferenceServiceStatus, paused: bool, champion_rejected: bo
         return "Paused" if paused or stage == "AwaitingApproval" else "Progressing"
     last = status.history[-1].action if status.history else None
     if stage == "Promoting":
-        return "Promoted"
+        # Not Promoted yet: old champion pods may still answer until its Deployment has
+        # rolled out; only then does the state machine record the promotion.
+        return "Progressing"
     if stage == "Finalizing":
         return "Promoted" if last == "Promoted" else "RolledBack"
     return "RolledBack" if last == "RolledBack" else "Stable"
@@ -418,9 +435,11 @@ def _progressing_condition(status: InferenceServiceStatus, phase: str,
         if last is not None and last.verdict == "Inconclusive" and last.step == status.current_step:
             return ("True", REASON_ANALYSIS_INCONCLUSIVE, last.message)
         return ("True", REASON_STEP_ADVANCED, f"step {(status.current_step or 0) + 1}, split {status.split}")
-    if stage in ("Promoting", "Finalizing") and phase == "Promoted":
-        return ("True", REASON_PROMOTED, status.history[-1].reason if stage == "Finalizing" and status.history
-                else f"champion Deployment moving to {status.challenger}")
+    if stage == "Promoting":
+        return ("True", REASON_PROMOTING, f"{status.challenger} passed; serving all traffic from it while the "
+                                          f"champion Deployment rolls out to it")
+    if stage == "Finalizing" and phase == "Promoted":
+        return ("True", REASON_PROMOTED, status.history[-1].reason if status.history else f"serving {status.champion}")
     if challenger_problem is not None:
         return ("False", *challenger_problem)
     if phase == "RolledBack" and status.history:
