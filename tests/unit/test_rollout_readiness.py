@@ -32,7 +32,7 @@ def test_one_ready_old_pod_and_one_unready_new_pod_is_not_rolled_out() -> None:
     # still serves, the new one is loading its model.
     mixed = deployment(observedGeneration=2, replicas=2, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
     assert logic.rollout_pending(mixed) == "1 old replicas are pending termination"
-    assert logic.deployment_state(mixed) == logic.DeploymentState(version="iris-v2", ready=False)
+    assert logic.deployment_state(mixed) == logic.DeploymentState(version="iris-v2", ready=False, available=True)
 
 
 def test_new_pods_ready_while_old_ones_terminate_is_not_rolled_out() -> None:
@@ -44,7 +44,7 @@ def test_new_pods_ready_while_old_ones_terminate_is_not_rolled_out() -> None:
 def test_only_new_ready_pods_is_rolled_out() -> None:
     done = deployment(observedGeneration=2, replicas=1, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
     assert logic.rollout_pending(done) is None
-    assert logic.deployment_state(done) == logic.DeploymentState(version="iris-v2", ready=True)
+    assert logic.deployment_state(done) == logic.DeploymentState(version="iris-v2", ready=True, available=True)
 
 
 @pytest.mark.parametrize(("status", "why"), [
@@ -95,8 +95,10 @@ def test_promoting_holds_until_the_champion_deployment_has_rolled_out() -> None:
     assert plan.status["rolloutStage"] == "Promoting"
     # Not Promoted while old pods may answer; the router keeps all traffic on the winner.
     assert plan.status["phase"] == "Progressing"
-    progressing = next(c for c in plan.status["conditions"] if c["type"] == "Progressing")
-    assert (progressing["status"], progressing["reason"]) == ("True", "Promoting")
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert (conditions["Progressing"]["status"], conditions["Progressing"]["reason"]) == ("True", "Promoting")
+    # A rolling update is not an outage: the old pod answers until the new one is ready.
+    assert conditions["Available"]["status"] == conditions["Ready"]["status"] == "True"
     [config] = [c for c in plan.children if c["kind"] == "ConfigMap"]
     assert '"weight":100' in config["data"]["router.json"] and "iris-challenger" in config["data"]["router.json"]
     [champion] = [c for c in plan.children if c["kind"] == "Deployment" and c["metadata"]["name"] == "iris-champion"]

@@ -88,11 +88,18 @@ RESOLVE_EVERY_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class DeploymentState:
-    """A Deployment as the reconciler needs it: which version its template runs, and whether
-    it has rolled out (`rollout_pending` is None: only pods of that template serve)."""
+    """A Deployment as the reconciler needs it: which version its template runs, whether it
+    has rolled out (`ready`: `rollout_pending` is None, only pods of that template serve),
+    and whether it answers meanwhile (`available`: as many available pods as desired, of
+    any template; None: the same as `ready`)."""
 
     version: str | None
     ready: bool
+    available: bool | None = None
+
+    @property
+    def answering(self) -> bool:
+        return self.ready if self.available is None else self.available
 
 
 @dataclass(frozen=True)
@@ -135,12 +142,16 @@ def rollout_pending(deployment: dict[str, Any]) -> str | None:
 
 
 def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
-    """Condense a Deployment: the version its template runs and whether it has rolled out."""
+    """Condense a Deployment: the version its template runs, whether it has rolled out and
+    whether it answers (a rolling update keeps it available, not rolled out)."""
     if deployment is None:
         return None
     template = (deployment.get("spec") or {}).get("template") or {}
     labels = (template.get("metadata") or {}).get("labels") or {}
-    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=rollout_pending(deployment) is None)
+    wanted = int((deployment.get("spec") or {}).get("replicas", 1))
+    available = int((deployment.get("status") or {}).get("availableReplicas") or 0) >= wanted
+    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=rollout_pending(deployment) is None,
+                           available=available)
 
 
 # ---------------------------------------------------------------- names and URLs
@@ -639,7 +650,7 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
 def _availability(observed: Observed) -> tuple[bool, list[str]]:
     not_ready = [what for what, state in (("champion Deployment", observed.champion),
                                           ("router Deployment", observed.router))
-                 if state is None or not state.ready]
+                 if state is None or not state.answering]
     return not not_ready, not_ready
 
 
