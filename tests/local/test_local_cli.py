@@ -130,7 +130,7 @@ def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resume
         assert is_alive(control.pid) and fetch(url + "/env/FLAVOUR") == "two"
 
         ours = client.own_pids(state)
-        assert len(ours) == 3  # the instance, the S3 server, the web server (the Job is done)
+        assert len(ours) == 4  # the instance, the S3 server, the Service proxy, the web server (the Job is done)
     finally:
         down = mlops(tmp_path, "down")
     assert down.returncode == 0, down.stderr
@@ -154,7 +154,7 @@ def test_an_instance_whose_folder_is_removed_stops_with_its_processes(tmp_path: 
     up = mlops(tmp_path, "up", "-f", str(write(tmp_path / "web.yaml", web("one"))), "--exit-when-settled")
     assert up.returncode == 0, up.stdout + up.stderr
     ours = client.own_pids(tmp_path / ".mlops")
-    assert len(ours) == 3
+    assert len(ours) == 4  # the instance, the S3 server, the Service proxy, the web server
     shutil.rmtree(tmp_path / ".mlops")
     deadline = time.monotonic() + 60
     while any(is_alive(pid) for pid in ours) and time.monotonic() < deadline:

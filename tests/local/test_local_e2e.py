@@ -6,7 +6,8 @@
    short canary): its best version becomes the challenger and is promoted through the
    canary, on synthetic traffic with label feedback;
 3. a deliberately worse Experiment: its version reaches the canary and is rolled back;
-4. predictions answered through the stable port the whole time;
+4. predictions answered through the stable port the whole time, and none by the old
+   champion once the status says it was promoted;
 5. `down`: no process of ours is left (checked by pid and by a scan of /proc), the data
    stays; a second `up` resumes and serves on the same port.
 """
@@ -27,7 +28,8 @@ import pytest
 from mlops_operator.local import client
 from mlops_operator.local.processes import is_alive
 from mlops_operator.local.state import StateDir
-from mlops_operator.local.traffic import Traffic, iris_rows
+from mlops_operator.local.traffic import StatusWatch, Traffic, iris_rows
+from mlops_operator.rollout.state_machine import parse_time
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = Path(__file__).with_name("manifests")
@@ -82,6 +84,7 @@ def test_iris_to_champion_then_a_promoted_and_a_rolled_back_canary(tmp_path: Pat
 
         rows, labels = iris_rows()
         traffic = Traffic(url, rows, labels, rate=20).start()
+        watch = StatusWatch(state, "iris").start()
 
         applied = mlops(tmp_path, "apply", "-f", str(MANIFESTS / "retrain.yaml"))
         assert applied.returncode == 0, applied.stderr
@@ -94,6 +97,11 @@ def test_iris_to_champion_then_a_promoted_and_a_rolled_back_canary(tmp_path: Pat
         status_after_promotion = isvc(tmp_path)["status"]
         assert status_after_promotion["champion"] == "iris-v2"
         assert [h["action"] for h in status_after_promotion["history"]][-1] == "Promoted"
+        # Gap-free: Promoting was seen, and from the promotion on iris-v1 answered nothing.
+        assert ("Progressing", "Promoting") in [(s.phase, s.stage) for s in watch.stop()]
+        promoted_at = parse_time(status_after_promotion["history"][-1]["time"]).timestamp()
+        after_promotion = traffic.snapshot().versions_sent_after(promoted_at)
+        assert after_promotion["iris-v1"] == 0 and after_promotion["iris-v2"] > 0, after_promotion
 
         applied = mlops(tmp_path, "apply", "-f", str(MANIFESTS / "worse.yaml"))
         assert applied.returncode == 0, applied.stderr

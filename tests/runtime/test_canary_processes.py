@@ -157,7 +157,7 @@ class LocalKubelet:
                     self.on_change([p for _, p in self.processes.values()])
             replicas = deployment["spec"]["replicas"]
             ready = {"observedGeneration": deployment["metadata"]["generation"], "replicas": replicas,
-                     "readyReplicas": replicas, "updatedReplicas": replicas}
+                     "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas}
             if deployment.get("status") != ready:
                 self.cluster.patch_status("apps/v1", "Deployment", NS, name, ready)
         self.project_config()

@@ -12,9 +12,11 @@ node stand-in (`pod_runner.PodRunner`).
   free port, probed on its readiness path; its status carries replicas, readyReplicas,
   availableReplicas and the Available condition. A changed pod template starts new
   processes and stops the old ones only once the new ones are all ready.
-- A v1 Service gets one stable local port (`ServiceProxy`), forwarding to the ready
-  processes its selector matches; in-cluster URLs in args, env and mounted ConfigMaps are
-  rewritten to these ports.
+- A v1 Service gets one stable local port (`ServiceProxy`, in the local instance a
+  `ProxyProcess` that outlives it), forwarding to the ready processes its selector
+  matches; in-cluster URLs in args, env and mounted ConfigMaps are rewritten to these
+  ports. Server pods whose processes outlived an earlier instance are adopted, not
+  restarted: the data plane does not depend on the control plane being alive.
 
 Everything it learns it writes to the cluster through the port, so the operator's observe
 code reads the same fields it reads from a real cluster.
@@ -45,11 +47,12 @@ from mlops_operator.local.pod_runner import (
     _key,
     _meta,
     parse_timestamp,
+    process_key,
     timestamp,
     utcnow,
 )
-from mlops_operator.local.processes import ProcessTable
-from mlops_operator.local.proxy import ServiceProxy, free_port
+from mlops_operator.local.processes import Managed, ProcessTable
+from mlops_operator.local.proxy import ProxyProcess, ServiceProxy, free_port
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class Executor(PodRunner):
         cluster: Cluster,
         workdir: Path,
         processes: ProcessTable,
-        proxy: ServiceProxy,
+        proxy: ServiceProxy | ProxyProcess,
         ports: PortBook,
         s3: S3Settings | None,
         max_jobs: int | None = None,
@@ -140,7 +143,7 @@ class Executor(PodRunner):
         when something changes)."""
         now = self.clock()
         if not self._started:
-            self._forget_stale_server_pods()
+            self._adopt_server_pods(now)
             self._started = True
         waits = [
             self._sync_jobs(now),
@@ -151,14 +154,14 @@ class Executor(PodRunner):
         return min(pending) if pending else None
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop every process; objects are left as they are, so that the next instance
-        restarts what was running."""
-        self.processes.stop_all(grace)
-        self._job_pods.clear()
-        self._deployment_pods.clear()
+        """Close the Service ports and stop every process; objects are left as they are,
+        so that the next instance restarts what was running."""
         for port in self.proxy.ports():
             self.proxy.close(port)
         self._service_backends.clear()
+        self.processes.stop_all(grace)
+        self._job_pods.clear()
+        self._deployment_pods.clear()
 
     def service_url(self, namespace: str, name: str) -> str | None:
         port = self.ports.known(namespace, name)
@@ -402,11 +405,50 @@ class Executor(PodRunner):
             self._stop_server(pod, delete=True)
             pods.remove(pod)
 
-    def _forget_stale_server_pods(self) -> None:
-        """Pods of Deployments left by an earlier instance have no process any more."""
-        for pod in self.cluster.list(*POD):
-            if any(ref.get("kind") == "Deployment" for ref in _meta(pod).get("ownerReferences") or []):
-                self._delete(POD, _key(pod))
+    def _adopt_server_pods(self, now: datetime) -> None:
+        """Pods of Deployments left by an earlier instance: the ones whose process still
+        runs (adopted into the process table) serve on, as pods outlive a restarted
+        kubelet; the others have no process any more and are deleted (their Deployment
+        makes new ones)."""
+        for body in self.cluster.list(*POD):
+            owner = next((ref for ref in _meta(body).get("ownerReferences") or [] if ref.get("kind") == "Deployment"),
+                         None)
+            if owner is None:
+                continue
+            namespace, name = _key(body)
+            managed = self.processes.get(process_key(namespace, name))
+            pod = self._adopted_pod(body, (namespace, str(owner.get("name"))), managed, now)
+            if pod is None:
+                if managed is not None:
+                    self.processes.stop(managed, grace=2.0)
+                self._delete(POD, (namespace, name))
+                continue
+            self._deployment_pods.setdefault(pod.owner, []).append(pod)
+
+    def _adopted_pod(self, body: Obj, owner: tuple[str, str], managed: Managed | None, now: datetime) -> LocalPod | None:
+        """The LocalPod of a Pod object whose process an earlier instance left running;
+        None when there is none to adopt."""
+        status = body.get("status") or {}
+        labels = dict(_meta(body).get("labels") or {})
+        if managed is None or managed.poll() is not None or not status.get("localPort") \
+                or "pod-template-hash" not in labels:
+            return None
+        namespace, name = _key(body)
+        created = parse_timestamp(_meta(body).get("creationTimestamp")) or now
+        pod = self._local_pod(namespace, name, owner, labels["pod-template-hash"], labels, created)
+        pod.uid, pod.port, pod.process = str(_meta(body).get("uid", "")), int(status["localPort"]), managed
+        pod.started = parse_timestamp(status.get("startTime")) or now
+        [container_status, *_] = status.get("containerStatuses") or [{}]
+        pod.restarts = int(container_status.get("restartCount") or 0)
+        try:
+            container = podspec.the_container(body.get("spec") or {})
+        except podspec.PodSpecError:
+            return None
+        pod.container_name, pod.readiness_path = container.name, container.readiness_path or "/"
+        # Ready as it was: its Service keeps sending to it (the proxy already does) until a
+        # probe says otherwise; a pod that was not ready yet is probed as usual.
+        pod.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return pod
 
     def _new_server_pod(self, deployment: Obj, template: Obj, template_hash: str, now: datetime) -> LocalPod:
         namespace, name = _key(deployment)
@@ -438,21 +480,12 @@ class Executor(PodRunner):
 
     def _write_deployment_status(self, deployment: Obj, pods: list[LocalPod], desired_hash: str, replicas: int,
                                  now: datetime) -> None:
-        alive = [p for p in pods if p.process is not None]
-        ready = [p for p in alive if p.ready]
-        updated = [p for p in alive if p.template_hash == desired_hash]
+        counts = deployment_counts(pods, desired_hash, replicas)
         spec = deployment.get("spec") or {}
-        available = len(ready) >= replicas - max_unavailable(spec, replicas) or replicas == 0
+        available = counts["availableReplicas"] >= replicas - max_unavailable(spec, replicas) or replicas == 0
         old = deployment.get("status") or {}
-        status: Obj = {
-            "observedGeneration": int(_meta(deployment).get("generation") or 1),
-            "replicas": len(alive),
-            "updatedReplicas": len(updated),
-            "readyReplicas": len(ready),
-            "availableReplicas": len(ready),
-            "unavailableReplicas": max(0, replicas - len(ready)),
-        }
-        complete = len(alive) == replicas and sum(p.ready for p in updated) == replicas
+        status: Obj = {"observedGeneration": int(_meta(deployment).get("generation") or 1), **counts}
+        complete = counts["replicas"] == counts["updatedReplicas"] == counts["availableReplicas"] == replicas
         status["conditions"] = [
             _deployment_condition(old, "Available", available,
                                   "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
@@ -594,6 +627,23 @@ def failure_policy_action(job: Mapping[str, Any], exit_code: int) -> tuple[str, 
         if matches and exit_code != 0:
             return (str(rule.get("action")), index)
     return None
+
+
+def deployment_counts(pods: list[LocalPod], desired_hash: str, replicas: int) -> dict[str, int]:
+    """The replica counts of a Deployment's status, as the Deployment controller derives
+    them from its ReplicaSets: `replicas` every pod of any template (a crash-looping or
+    still-starting pod counts, as does an old pod not yet retired), `updatedReplicas` the
+    pods of the current template, `readyReplicas` and `availableReplicas` the ready ones
+    (`minReadySeconds` is 0 here), `unavailableReplicas` the pods the ReplicaSets want
+    (all of them during a surge) that are not available."""
+    ready = sum(1 for p in pods if p.ready)
+    return {
+        "replicas": len(pods),
+        "updatedReplicas": sum(1 for p in pods if p.template_hash == desired_hash),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(0, max(replicas, len(pods)) - ready),
+    }
 
 
 def max_unavailable(deployment_spec: Mapping[str, Any], replicas: int) -> int:

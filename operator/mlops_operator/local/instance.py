@@ -35,12 +35,14 @@ from typing import Any
 
 from mlops_operator.cluster.port import ClusterError
 from mlops_operator.local import manifests, settle
+from mlops_operator.local.control_api import answer_json
 from mlops_operator.local import state as saved_state
 from mlops_operator.local.display import Progress
 from mlops_operator.local.executor import DEPLOYMENT, JOB, Executor, PortBook, S3Settings
 from mlops_operator.local.loop import API_VERSION, ControlLoop, default_controllers
-from mlops_operator.local.processes import ProcessTable, atomic_write, start_ticks, stop_recorded
-from mlops_operator.local.proxy import ServiceProxy
+from mlops_operator.local.pod_runner import process_key
+from mlops_operator.local.processes import ProcessTable, atomic_write, start_ticks
+from mlops_operator.local.proxy import PROXY_KEY, RECORD_NAME, ProxyProcess
 from mlops_operator.local.seaweed import SeaweedServer
 from mlops_operator.local.state import LocalCluster, SavedState, StateDir
 
@@ -89,11 +91,15 @@ class Instance:
             running = saved_state.read_json(paths.instance_file) or {}
             raise AlreadyRunning(f"a local instance already runs from {paths.root} "
                                  f"(pid {running.get('pid', 'unknown')})") from None
-        leftovers = stop_recorded(paths.pids_file)
+        saved = saved_state.load(paths.state_file) or SavedState(objects=[], ports={}, credentials={})
+        # The data plane an earlier instance left running (it died, or was killed) serves
+        # on: its Service proxy and model servers are adopted; everything else is stopped.
+        self.processes = ProcessTable(paths.pids_file, on_exit=self.wake.set)
+        survivors = {PROXY_KEY, *server_pod_keys(saved.objects)}
+        leftovers = self.processes.adopt_recorded(lambda key: key in survivors)
         if leftovers:
             raise RuntimeError(f"processes of an earlier instance would not stop: {leftovers}")
 
-        saved = saved_state.load(paths.state_file) or SavedState(objects=[], ports={}, credentials={})
         self.credentials = saved.credentials or {
             "accessKey": "mlops-local",
             "secretKey": secrets.token_urlsafe(24),
@@ -109,8 +115,7 @@ class Instance:
 
         self.cluster = LocalCluster()
         self.cluster.restore(saved.objects)
-        self.processes = ProcessTable(paths.pids_file, on_exit=self.wake.set)
-        self.proxy = ServiceProxy()
+        self.proxy = ProxyProcess.attach_or_start(self.processes, paths.root / RECORD_NAME, paths.logs / "proxy.log")
         self.ports = PortBook(saved.ports)
         self.executor = Executor(
             self.cluster,
@@ -340,6 +345,17 @@ class Instance:
                 f"-d '{{\"instances\": [{row}]}}'")
 
 
+def server_pod_keys(objects: list[dict[str, Any]]) -> set[str]:
+    """The process keys of the saved Pods that Deployments own: the pods that may outlive
+    an instance (a Job's pod is started afresh, as after a lost node)."""
+    return {
+        process_key(obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+        for obj in objects
+        if obj.get("kind") == "Pod"
+        and any(ref.get("kind") == "Deployment" for ref in obj["metadata"].get("ownerReferences") or [])
+    }
+
+
 def example_row_json(model_version: dict[str, Any]) -> str | None:
     """One input row for a model, as JSON: the first row of its dataset when that is a
     scikit-learn built-in, else a row of the signature's types."""
@@ -401,12 +417,7 @@ def _handler(instance: Instance) -> type[BaseHTTPRequestHandler]:
             self._json(404, {"error": f"no such endpoint {self.path}"})
 
         def _json(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            answer_json(self, code, body)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("control api: " + format, *args)

@@ -70,6 +70,11 @@ def parse_timestamp(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def process_key(namespace: str, name: str) -> str:
+    """A pod's process in the process table (and pids.json)."""
+    return f"pod/{namespace}/{name}"
+
+
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
@@ -225,7 +230,7 @@ class PodRunner:
         pod.termination_log.unlink(missing_ok=True)
         pod.termination_log.touch()
         try:
-            pod.process = self.processes.spawn(f"pod/{pod.namespace}/{pod.name}", argv, env, pod.directory, pod.log_path)
+            pod.process = self.processes.spawn(process_key(pod.namespace, pod.name), argv, env, pod.directory, pod.log_path)
         except OSError as error:
             pod.process = None
             terminated = {"exitCode": 128, "reason": "StartError", "message": str(error),

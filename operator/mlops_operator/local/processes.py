@@ -3,7 +3,10 @@
 stopped by pid with SIGTERM, then SIGKILL.
 
 `stop_recorded()` works from the file alone, so `mlops local down` can clean up after an
-instance that died without stopping its children.
+instance that died without stopping its children. A restarted instance can instead adopt
+the recorded processes that must outlive it (the data plane: the Service proxy and the
+model servers, `ProcessTable.adopt_recorded`): they stay recorded and are stopped by pid
+like the ones it spawned.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 POLL_INTERVAL = 0.05
+# How often an adopted process (not our child: no wait() to block on) is checked for life.
+ADOPTED_POLL_INTERVAL = 0.2
+# An adopted process's exit status cannot be read (only a parent can): reported as this.
+UNKNOWN_EXIT_CODE = 255
 
 
 def start_ticks(pid: int) -> int | None:
@@ -51,21 +58,28 @@ def atomic_write(path: Path, text: str) -> None:
 
 @dataclass
 class Managed:
+    """A process of the instance: spawned by it (`popen`), or adopted from an earlier
+    instance (`popen` None, known by pid and start time only)."""
+
     key: str
     argv: list[str]
     log_path: Path
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     ticks: int | None
     started_at: datetime
     exit_code: int | None = field(default=None)
+    adopted_pid: int = 0
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.popen.pid if self.popen is not None else self.adopted_pid
 
     def poll(self) -> int | None:
         if self.exit_code is None:
-            self.exit_code = self.popen.poll()
+            if self.popen is not None:
+                self.exit_code = self.popen.poll()
+            elif not is_alive(self.adopted_pid, self.ticks):
+                self.exit_code = UNKNOWN_EXIT_CODE
         return self.exit_code
 
 
@@ -108,9 +122,40 @@ class ProcessTable:
         return managed
 
     def _wait(self, managed: Managed) -> None:
-        managed.popen.wait()
+        if managed.popen is not None:
+            managed.popen.wait()
+        else:
+            while managed.poll() is None:
+                time.sleep(ADOPTED_POLL_INTERVAL)
         if self._on_exit is not None:
             self._on_exit()
+
+    def adopt_recorded(self, keep: Callable[[str], bool], grace: float = 5.0) -> list[int]:
+        """Take over the processes an earlier instance recorded: those `keep` accepts (by
+        key) and that still run are adopted, every other one is stopped. Returns the pids
+        that would not stop."""
+        adopted: list[Managed] = []
+        leftovers: list[int] = []
+        for key, entry in read_recorded(self.pids_file).items():
+            pid, ticks = int(entry["pid"]), entry.get("startTicks")  # type: ignore[call-overload]
+            ticks = ticks if isinstance(ticks, int) else None
+            if keep(key) and ticks is not None and is_alive(pid, ticks):
+                started = datetime.fromisoformat(str(entry.get("startedAt") or datetime.now(UTC).isoformat()))
+                adopted.append(Managed(key, [str(a) for a in entry.get("argv") or []],  # type: ignore[attr-defined]
+                                       Path(str(entry.get("log") or "")), None, ticks, started, adopted_pid=pid))
+            elif not terminate_group(pid, ticks, grace):
+                leftovers.append(pid)
+        with self._lock:
+            for managed in adopted:
+                self._running[managed.key] = managed
+            self._save()
+        for managed in adopted:
+            threading.Thread(target=self._wait, args=(managed,), name=f"watch-{managed.pid}", daemon=True).start()
+        return leftovers
+
+    def get(self, key: str) -> Managed | None:
+        with self._lock:
+            return self._running.get(key)
 
     def stop(self, managed: Managed, grace: float = 5.0) -> None:
         """SIGTERM to its process group, then SIGKILL after `grace` seconds."""

@@ -9,15 +9,33 @@ backend that refuses is skipped for another. A backend that closes a connection 
 request sent on it is still unanswered (a server shutting down closes its idle keep-alive
 connections, racing a request the router sends on one) has not processed it: the request
 is sent again to another backend, so a rolling restart loses no request.
+
+`ServiceProxy` runs the ports in the calling process (the executor's tests); the local
+instance runs them in a process of their own (`ProxyProcess`, `serve`), which outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
+import json
+import os
+import secrets
+import signal
 import socket
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from mlops_operator.local.control_api import answer_json
+from mlops_operator.local.processes import Managed, ProcessTable
 
 LOCAL_HOST = "127.0.0.1"
 BACKEND_WAIT_SECONDS = 10.0
@@ -214,3 +232,232 @@ class _Exchange:
 
     def answered(self) -> None:
         self.unanswered, self._tracking = b"", True
+
+
+# ---------------------------------------------------------------- the Service ports' own process
+#
+# The data plane must not depend on the control plane being alive: the local instance runs
+# the Service ports in a process of their own, which a kill -9 of the instance leaves
+# serving (the model servers survive too: each runs in its own session). A restarted
+# instance adopts it (recorded in pids.json under PROXY_KEY, its control address in
+# RECORD_NAME) and sets its backends again; `mlops local down` stops it by pid.
+
+PROXY_KEY = "proxy"
+RECORD_NAME = "proxy.json"
+CONTROL_TIMEOUT = 10.0
+START_TIMEOUT = 30.0
+RECORD_POLL_SECONDS = 1.0
+
+
+def _control_handler(proxy: ServiceProxy, token: str) -> type[BaseHTTPRequestHandler]:
+    """The proxy process's control API, on a loopback port of its own (never a Service
+    port), for whoever holds the token in its 0600 record:
+
+        GET    /backends          {"ports": {"<port>": [backend ports]}}
+        PUT    /backends/<port>   {"backends": [ports]}   listen on <port> (409: cannot)
+        DELETE /backends/<port>   stop listening
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self._authorised() and self._port() is None and self.path == "/backends":
+                self._answer(200, {"ports": {str(port): proxy.backends(port) for port in proxy.ports()}})
+
+        def do_PUT(self) -> None:
+            port = self._port() if self._authorised() else None
+            if port is None:
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                backends = [int(b) for b in json.loads(self.rfile.read(length))["backends"]]
+            except (ValueError, KeyError, TypeError) as error:
+                return self._answer(400, {"error": f"expected {{\"backends\": [ports]}}: {error}"})
+            try:
+                proxy.set_backends(port, backends)
+            except OSError as error:
+                return self._answer(409, {"error": str(error)})
+            self._answer(200, {"port": port, "backends": backends})
+
+        def do_DELETE(self) -> None:
+            port = self._port() if self._authorised() else None
+            if port is not None:
+                proxy.close(port)
+                self._answer(200, {"port": port})
+
+        def _authorised(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return True
+            self._answer(401, {"error": "unauthorised"})
+            return False
+
+        def _port(self) -> int | None:
+            """The port a /backends/<port> path names; answers 404 for any other path
+            except /backends itself."""
+            if self.path == "/backends":
+                return None
+            prefix, _, port = self.path.rpartition("/")
+            if prefix == "/backends" and port.isdigit():
+                return int(port)
+            self._answer(404, {"error": f"no such endpoint {self.path}"})
+            return None
+
+        def _answer(self, code: int, body: Any) -> None:
+            answer_json(self, code, body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def serve(record: Path) -> int:
+    """Serve Service ports until SIGTERM, or until `record` is removed (its state folder
+    is gone: nobody could find this process any more). What `python -m
+    mlops_operator.local.proxy RECORD` runs."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.set())
+    proxy = ServiceProxy()
+    token = secrets.token_urlsafe(24)
+    control = ThreadingHTTPServer((LOCAL_HOST, 0), _control_handler(proxy, token))
+    threading.Thread(target=control.serve_forever, name="proxy-control", daemon=True).start()
+    record = Path(record)
+    temporary = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"pid": os.getpid(), "controlPort": control.server_address[1], "token": token}, handle)
+    os.replace(temporary, record)
+    while not stopping.wait(RECORD_POLL_SECONDS):
+        if not record.exists():
+            break
+    control.shutdown()
+    proxy.stop()
+    return 0
+
+
+class ProxyProcess:
+    """The instance's handle on the proxy process, with `ServiceProxy`'s interface.
+
+    It keeps a mirror of the backends it set, so that the executor's every pass asks
+    nothing of the process; should the process die, the next `ports()` starts a new one
+    with no ports, and the executor sets them all again."""
+
+    def __init__(self, processes: ProcessTable, record: Path, log_path: Path) -> None:
+        self._processes = processes
+        self._record = Path(record)
+        self._log_path = Path(log_path)
+        self._managed: Managed | None = None
+        self._control = ""
+        self._token = ""
+        self._mirror: dict[int, list[int]] = {}
+        self._stopped = False
+
+    @classmethod
+    def attach_or_start(cls, processes: ProcessTable, record: Path, log_path: Path) -> ProxyProcess:
+        """The proxy an earlier instance left running (adopted into `processes`), or a
+        new one."""
+        handle = cls(processes, record, log_path)
+        if not handle._attach():
+            handle._start()
+        return handle
+
+    @property
+    def pid(self) -> int | None:
+        return self._managed.pid if self._managed is not None else None
+
+    def _attach(self) -> bool:
+        managed = self._processes.get(PROXY_KEY)
+        if managed is None or managed.poll() is not None:
+            return False
+        try:
+            info = json.loads(self._record.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") != managed.pid:
+            self._processes.stop(managed, grace=2.0)
+            return False
+        self._managed, self._control, self._token = managed, f"http://{LOCAL_HOST}:{info['controlPort']}", info["token"]
+        try:
+            ports = self._call("GET", "/backends")["ports"]
+        except OSError:
+            self._processes.stop(managed, grace=2.0)
+            self._managed = None
+            return False
+        self._mirror = {int(port): list(backends) for port, backends in ports.items()}
+        return True
+
+    def _start(self) -> None:
+        self._record.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "mlops_operator.local.proxy", str(self._record)]
+        managed = self._processes.spawn(PROXY_KEY, argv, dict(os.environ), self._record.parent, self._log_path)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and managed.poll() is None:
+            try:
+                info = json.loads(self._record.read_text())
+            except (OSError, ValueError):
+                info = {}
+            if info.get("pid") == managed.pid:
+                self._managed, self._control, self._token = managed, f"http://{LOCAL_HOST}:{info['controlPort']}", \
+                    info["token"]
+                self._mirror = {}
+                return
+            time.sleep(0.05)
+        self._processes.stop(managed, grace=2.0)
+        raise RuntimeError(f"the Service proxy process did not start (see {self._log_path})")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        """One control request; OSError when it cannot be made or is refused."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self._control + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=CONTROL_TIMEOUT) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise OSError(f"proxy control {method} {path}: {error.code} {error.read().decode(errors='replace')}") \
+                from None
+
+    def _alive(self) -> bool:
+        if self._managed is not None and self._managed.poll() is None:
+            return True
+        if self._stopped or not self._record.parent.is_dir():  # stopped, or its state folder is gone
+            return False
+        if self._managed is not None:
+            self._processes.forget(self._managed)
+        self._start()
+        return True
+
+    def set_backends(self, port: int, backends: Iterable[int]) -> None:
+        """Raises OSError when `port` cannot be listened on."""
+        wanted = list(backends)
+        if not self._alive():
+            return
+        self._call("PUT", f"/backends/{port}", {"backends": wanted})
+        self._mirror[port] = wanted
+
+    def backends(self, port: int) -> list[int]:
+        return list(self._mirror.get(port, []))
+
+    def ports(self) -> list[int]:
+        return list(self._mirror) if self._alive() else []
+
+    def close(self, port: int) -> None:
+        self._mirror.pop(port, None)
+        if self._managed is not None and self._managed.poll() is None:
+            try:
+                self._call("DELETE", f"/backends/{port}")
+            except OSError:
+                pass
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the process: every Service port closes (`mlops local down`, a clean stop)."""
+        self._stopped = True
+        self._mirror.clear()
+        if self._managed is not None:
+            self._processes.stop(self._managed, grace)
+        self._record.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(Path(sys.argv[1])))

@@ -3,7 +3,10 @@
 `Traffic(url, rows, labels)` sends one prediction at a time to the service's stable URL,
 then the true label for it to `/feedback`, at a bounded rate, in a background thread. It
 records every answer: which version gave it, and every failure (a refused connection, a
-non-200 status), so a caller can assert that the service answered the whole time.
+non-200 status), so a caller can assert that the service answered the whole time. Each
+request is also kept in `answers` with its wall-clock send time, so answers can be set
+against the moments a status changed (`StatusWatch`), e.g. no answer from the old version
+after `Promoted`.
 
 Feedback is kept apart: a server remembers the requests it answered, so the label of a
 request answered by a process that has since been replaced (a promotion restarts the
@@ -22,7 +25,18 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One prediction request: when it was sent (time.time()), its status code (0: no HTTP
+    answer at all, e.g. refused) and the model_version that answered."""
+
+    sent_at: float
+    code: int
+    version: str | None
 
 
 @dataclass
@@ -33,6 +47,11 @@ class TrafficReport:
     by_version: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     feedback_failures: list[str] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+
+    def versions_sent_after(self, moment: float) -> Counter[str]:
+        """Which versions answered the requests sent after `moment` (time.time())."""
+        return Counter(str(a.version) for a in self.answers if a.sent_at >= moment and a.code == 200)
 
 
 class Traffic:
@@ -62,7 +81,7 @@ class Traffic:
         with self._lock:
             return TrafficReport(self.report.sent, self.report.answered, self.report.feedback,
                                  Counter(self.report.by_version), list(self.report.failures),
-                                 list(self.report.feedback_failures))
+                                 list(self.report.feedback_failures), list(self.report.answers))
 
     def _post(self, path: str, body: Any) -> tuple[int, Any]:
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
@@ -75,7 +94,7 @@ class Traffic:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.monotonic()
+            started, sent_at = time.monotonic(), time.time()
             index = self._random.randrange(len(self.rows))
             try:
                 code, body = self._post("/predict", {"instances": [self.rows[index]]})
@@ -83,6 +102,7 @@ class Traffic:
                 code, body = 0, str(error)
             with self._lock:
                 self.report.sent += 1
+                self.report.answers.append(Answer(sent_at, code, str(body.get("version")) if code == 200 else None))
                 if code == 200:
                     self.report.answered += 1
                     self.report.by_version[str(body.get("version"))] += 1
@@ -107,3 +127,99 @@ def iris_rows() -> tuple[list[list[float]], list[int]]:
 
     data = sklearn.datasets.load_iris()
     return data.data.tolist(), [int(y) for y in data.target]
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What an InferenceService's status said when it changed, seen at `time` (time.time())."""
+
+    time: float
+    phase: str | None
+    stage: str | None
+    champion: str | None
+
+
+class StatusWatch:
+    """Polls one InferenceService of a local instance (through its control API) in a
+    background thread and keeps every change of (phase, rolloutStage, champion). An
+    instance that is down is looked for again on the next poll (a restart is watched on)."""
+
+    def __init__(self, state_dir: Path, name: str, namespace: str = "default", period: float = 0.1) -> None:
+        self.state_dir = Path(state_dir)
+        self.name, self.namespace, self.period = name, namespace, period
+        self.sightings: list[Sighting] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-watch", daemon=True)
+
+    def start(self) -> StatusWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sighting]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return list(self.sightings)
+
+    def first(self, phase: str | None = None, stage: str | None = None) -> float | None:
+        """When the status was first seen with this phase (and/or rolloutStage)."""
+        return next((s.time for s in list(self.sightings)
+                     if (phase is None or s.phase == phase) and (stage is None or s.stage == stage)), None)
+
+    def _read(self) -> dict[str, Any] | None:
+        from mlops_operator.local import client
+        from mlops_operator.local.state import StateDir
+
+        control = client.attach(StateDir(self.state_dir))
+        if control is None:
+            return None
+        query = f"/objects?apiVersion=mlops.seed.io/v1alpha1&kind=InferenceService&namespace={self.namespace}"
+        code, body = control.call("GET", query, timeout=5)
+        found = [o for o in (body or {}).get("items", []) if o["metadata"]["name"] == self.name] if code == 200 else []
+        return found[0].get("status") or {} if found else None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = self._read()
+            except (OSError, ValueError):
+                status = None
+            if status is not None:
+                seen = Sighting(time.time(), status.get("phase"), status.get("rolloutStage"), status.get("champion"))
+                last = self.sightings[-1] if self.sightings else None
+                if last is None or (last.phase, last.stage, last.champion) != (seen.phase, seen.stage, seen.champion):
+                    self.sightings.append(seen)
+            self._stop.wait(self.period)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mlops_operator.local.traffic URL`: iris rows at a bounded rate for a bounded
+    time, each answer's true label sent back as feedback; a line every few seconds with the
+    answers by version, and the failures at the end (exit status 1 if any)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mlops_operator.local.traffic", description=main.__doc__)
+    parser.add_argument("url", help="the service's URL, e.g. http://127.0.0.1:51355 (from `mlops local up`)")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="how long to send (default 120)")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    options = parser.parse_args(argv)
+    rows, labels = iris_rows()
+    traffic = Traffic(options.url, rows, labels, rate=options.rate).start()
+    deadline = time.monotonic() + options.seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(max(0.0, min(options.every, deadline - time.monotonic())))
+            report = traffic.snapshot()
+            versions = ", ".join(f"{v} {n}" for v, n in sorted(report.by_version.items()))
+            print(f"{time.strftime('%H:%M:%S')} sent {report.sent}, answered {report.answered} ({versions}), "
+                  f"feedback {report.feedback}, failed {len(report.failures)}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    report = traffic.stop()
+    for failure in report.failures[:20]:
+        print(f"failed: {failure}")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,6 +35,7 @@ from ..api.conditions import (
     REASON_PAUSED,
     REASON_PENDING,
     REASON_PROMOTED,
+    REASON_PROMOTING,
     REASON_ROLLED_BACK,
     REASON_ROLLOUT_STARTED,
     REASON_STABLE,
@@ -87,11 +88,18 @@ RESOLVE_EVERY_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class DeploymentState:
-    """A Deployment as the reconciler needs it: which version its pods run, and whether all
-    replicas of the current template are ready."""
+    """A Deployment as the reconciler needs it: which version its template runs, whether it
+    has rolled out (`ready`: `rollout_pending` is None, only pods of that template serve),
+    and whether it answers meanwhile (`available`: as many available pods as desired, of
+    any template; None: the same as `ready`)."""
 
     version: str | None
     ready: bool
+    available: bool | None = None
+
+    @property
+    def answering(self) -> bool:
+        return self.ready if self.available is None else self.available
 
 
 @dataclass(frozen=True)
@@ -107,25 +115,43 @@ class Observed:
     drift: DriftStatus | None = None  # a fresh reading of the champion's drift gauges, if one was made
 
 
-def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
-    """Condense a Deployment: ready when the controller has seen its current generation and
-    every desired replica is updated and ready."""
-    if deployment is None:
-        return None
+def rollout_pending(deployment: dict[str, Any]) -> str | None:
+    """Why the Deployment has not rolled out yet, in the words of `kubectl rollout status`;
+    None once it has: the controller has seen the current generation, every desired replica
+    runs the current template and is available, and no pod of an older template is left.
+
+    Counting ready pods is not enough: while a new template rolls in, one ready old pod and
+    one unready new pod show `readyReplicas: 1, updatedReplicas: 1` for one replica, and
+    traffic sent to the Service then would still reach the old version."""
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
-    meta = deployment.get("metadata") or {}
-    replicas = int(spec.get("replicas", 1))
-    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-    generation, observed = meta.get("generation"), status.get("observedGeneration")
-    current = generation is None or observed is None or observed >= generation
-    updated = status.get("updatedReplicas")
-    ready = (
-        current
-        and int(status.get("readyReplicas") or 0) >= replicas
-        and (updated is None or int(updated) >= replicas)
-    )
-    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=bool(ready))
+    # Absent counts as 0 on both sides, as in the API's Go types.
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return "waiting for the Deployment spec update to be observed"
+    wanted = int(spec.get("replicas", 1))
+    replicas, updated, available = (int(status.get(key) or 0)
+                                    for key in ("replicas", "updatedReplicas", "availableReplicas"))
+    if updated < wanted:
+        return f"{updated} of {wanted} new replicas have been updated"
+    if replicas > updated:
+        return f"{replicas - updated} old replicas are pending termination"
+    if available < updated:
+        return f"{available} of {updated} updated replicas are available"
+    return None
+
+
+def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
+    """Condense a Deployment: the version its template runs, whether it has rolled out and
+    whether it answers (a rolling update keeps it available, not rolled out)."""
+    if deployment is None:
+        return None
+    template = (deployment.get("spec") or {}).get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    wanted = int((deployment.get("spec") or {}).get("replicas", 1))
+    available = int((deployment.get("status") or {}).get("availableReplicas") or 0) >= wanted
+    return DeploymentState(version=labels.get(MODEL_VERSION_LABEL), ready=rollout_pending(deployment) is None,
+                           available=available)
 
 
 # ---------------------------------------------------------------- names and URLs
@@ -395,7 +421,9 @@ def phase_of(status: InferenceServiceStatus, paused: bool, champion_rejected: bo
         return "Paused" if paused or stage == "AwaitingApproval" else "Progressing"
     last = status.history[-1].action if status.history else None
     if stage == "Promoting":
-        return "Promoted"
+        # Not Promoted yet: old champion pods may still answer until its Deployment has
+        # rolled out; only then does the state machine record the promotion.
+        return "Progressing"
     if stage == "Finalizing":
         return "Promoted" if last == "Promoted" else "RolledBack"
     return "RolledBack" if last == "RolledBack" else "Stable"
@@ -418,9 +446,11 @@ def _progressing_condition(status: InferenceServiceStatus, phase: str,
         if last is not None and last.verdict == "Inconclusive" and last.step == status.current_step:
             return ("True", REASON_ANALYSIS_INCONCLUSIVE, last.message)
         return ("True", REASON_STEP_ADVANCED, f"step {(status.current_step or 0) + 1}, split {status.split}")
-    if stage in ("Promoting", "Finalizing") and phase == "Promoted":
-        return ("True", REASON_PROMOTED, status.history[-1].reason if stage == "Finalizing" and status.history
-                else f"champion Deployment moving to {status.challenger}")
+    if stage == "Promoting":
+        return ("True", REASON_PROMOTING, f"{status.challenger} passed; serving all traffic from it while the "
+                                          f"champion Deployment rolls out to it")
+    if stage == "Finalizing" and phase == "Promoted":
+        return ("True", REASON_PROMOTED, status.history[-1].reason if status.history else f"serving {status.champion}")
     if challenger_problem is not None:
         return ("False", *challenger_problem)
     if phase == "RolledBack" and status.history:
@@ -620,7 +650,7 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
 def _availability(observed: Observed) -> tuple[bool, list[str]]:
     not_ready = [what for what, state in (("champion Deployment", observed.champion),
                                           ("router Deployment", observed.router))
-                 if state is None or not state.ready]
+                 if state is None or not state.answering]
     return not not_ready, not_ready
 
 

@@ -1,0 +1,74 @@
+"""The traffic helper the walkthrough and the tests use: what it counts and says."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mlops_operator.local.proxy import free_port
+from mlops_operator.local.traffic import Traffic, iris_rows, main
+
+
+class FakeService(BaseHTTPRequestHandler):
+    """Answers /predict as the router does (version iris-v1, then iris-v2 after a switch)
+    and accepts /feedback."""
+
+    version = "iris-v1"
+    feedback: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/predict":
+            answer = {"predictions": [0], "version": FakeService.version, "request_id": f"r{time.monotonic_ns()}"}
+        else:
+            FakeService.feedback.append(body)
+            answer = {"request_id": body["request_id"], "outcomes": ["correct"]}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_answers_are_kept_with_their_send_time_and_version(url: str) -> None:
+    rows, labels = iris_rows()
+    traffic = Traffic(url, rows, labels, rate=100).start()
+    deadline = time.monotonic() + 20
+    while traffic.snapshot().answered < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    switched = time.time()
+    FakeService.version = "iris-v2"
+    while traffic.snapshot().versions_sent_after(switched)["iris-v2"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    report = traffic.stop()
+    FakeService.version = "iris-v1"
+    assert report.failures == [] and report.answered == report.sent == len(report.answers)
+    assert report.by_version["iris-v1"] >= 10 and report.by_version["iris-v2"] >= 10
+    # Requests sent after the switch were answered by the new version only.
+    assert set(report.versions_sent_after(switched + 0.5)) <= {"iris-v2"}
+    assert report.feedback > 0 and FakeService.feedback[0]["label"] in (0, 1, 2)
+
+
+def test_the_command_reports_progress_and_fails_on_refused_requests(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([url, "--rate", "50", "--seconds", "1", "--every", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "failed 0" in out and "iris-v1" in out
+    nobody = f"http://127.0.0.1:{free_port()}"
+    assert main([nobody, "--rate", "50", "--seconds", "0.5", "--every", "0.5"]) == 1
+    assert "failed: " in capsys.readouterr().out
