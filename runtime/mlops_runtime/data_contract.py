@@ -133,34 +133,63 @@ def parse_contract(doc: Any) -> tuple[ContractRef | None, ContractRef | None]:
 # -- the schema --------------------------------------------------------------------------
 
 
-def _column_schema(name: str, values: Any, numeric: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Columns:
+    """A dataset's columns as the checks read them: the numeric ones converted to float once,
+    as views of one matrix (per-column pandas calls would cost more than the checks)."""
+
+    names: tuple[str, ...]
+    numbers: Mapping[str, np.ndarray]  # numeric columns, NaN where missing
+    texts: Mapping[str, Any]  # categorical columns, pandas Series
+    dtypes: Mapping[str, str]
+
+    def is_numeric(self, name: str) -> bool:
+        return name in self.numbers
+
+
+def columns_of(X: Any, numeric: list[str]) -> Columns:
+    numeric_set = set(numeric)
+    in_order = [name for name in X.columns if name in numeric_set]
+    matrix = X[in_order].to_numpy(dtype=np.float64, na_value=np.nan) if in_order else np.empty((len(X), 0))
+    return Columns(
+        names=tuple(X.columns),
+        numbers={name: matrix[:, j] for j, name in enumerate(in_order)},
+        texts={name: X[name] for name in X.columns if name not in numeric_set},
+        dtypes={name: str(dtype) for name, dtype in X.dtypes.items()},
+    )
+
+
+def _numeric_schema(name: str, array: np.ndarray, dtype: str) -> dict[str, Any]:
+    finite = array[np.isfinite(array)]
+    return {"name": name, "kind": NUMERIC, "dtype": dtype,
+            "missingFraction": float(np.isnan(array).mean()) if array.size else 0.0,
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None}
+
+
+def _categorical_schema(name: str, values: Any) -> dict[str, Any]:
     total = len(values)
-    missing = int(values.isna().sum())
-    column: dict[str, Any] = {"name": name, "kind": NUMERIC if numeric else CATEGORICAL,
-                              "dtype": str(values.dtype),
-                              "missingFraction": missing / total if total else 0.0}
-    if numeric:
-        array = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        finite = array[np.isfinite(array)]
-        column["min"] = float(finite.min()) if finite.size else None
-        column["max"] = float(finite.max()) if finite.size else None
-    else:
-        categories = values.dropna().unique()
-        column["distinct"] = int(len(categories))
-        if len(categories) <= MAX_CATEGORIES:
-            column["categories"] = sorted(str(c) for c in categories)
+    categories = values.dropna().unique()
+    column: dict[str, Any] = {"name": name, "kind": CATEGORICAL, "dtype": str(values.dtype),
+                              "missingFraction": float(values.isna().sum()) / total if total else 0.0,
+                              "distinct": int(len(categories))}
+    if len(categories) <= MAX_CATEGORIES:
+        column["categories"] = sorted(str(c) for c in categories)
     return column
 
 
-def compute_schema(X: Any, y: Any, numeric: list[str], target: str, task: str) -> dict[str, Any]:
+def compute_schema(X: Any, y: Any, numeric: list[str], target: str, task: str,
+                   columns: Columns | None = None) -> dict[str, Any]:
     """The `dataSchema` section of baseline.json: every feature column and the target, over
     the whole dataset (before the split, as the next run's check sees its dataset)."""
-    numeric_set = set(numeric)
-    return {
-        "rows": int(len(X)),
-        "columns": [_column_schema(name, X[name], name in numeric_set) for name in X.columns],
-        "target": _column_schema(target, y, task == "regression" or y.dtype.kind in "biuf"),
-    }
+    columns = columns or columns_of(X, numeric)
+    features = [_numeric_schema(name, columns.numbers[name], columns.dtypes[name]) if columns.is_numeric(name)
+                else _categorical_schema(name, columns.texts[name]) for name in columns.names]
+    if task == "regression" or y.dtype.kind in "biuf":
+        target_schema = _numeric_schema(target, y.to_numpy(dtype=np.float64, na_value=np.nan), str(y.dtype))
+    else:
+        target_schema = _categorical_schema(target, y)
+    return {"rows": int(len(X)), "columns": features, "target": target_schema}
 
 
 # -- the checks --------------------------------------------------------------------------
@@ -260,14 +289,9 @@ def _finding(policy: DataPolicy, check: str, column: str, message: str,
     return Finding(check, column, message, action, value, limit)
 
 
-def _missing_fraction(values: Any) -> float:
-    return float(values.isna().mean()) if len(values) else 0.0
-
-
-def check_non_finite(X: Any, y: Any, numeric: list[str], target: str, policy: DataPolicy) -> list[Finding | None]:
+def check_non_finite(columns: Columns, y: Any, target: str, policy: DataPolicy) -> list[Finding | None]:
     out: list[Finding | None] = []
-    for name in numeric:
-        array = X[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    for name, array in columns.numbers.items():
         count = int(np.isinf(array).sum())
         if count:
             out.append(_finding(policy, "nonFinite", name, f"column {name!r} holds {count} infinite value"
@@ -281,43 +305,47 @@ def check_non_finite(X: Any, y: Any, numeric: list[str], target: str, policy: Da
     return out
 
 
-def check_column(name: str, values: Any, numeric: bool, expected: Mapping[str, Any],
-                 policy: DataPolicy, version: str) -> list[Finding | None]:
+def check_column(name: str, columns: Columns, expected: Mapping[str, Any], policy: DataPolicy,
+                 version: str) -> list[Finding | None]:
     """One column present in both the dataset and the contract."""
+    numeric = columns.is_numeric(name)
     kind = NUMERIC if numeric else CATEGORICAL
     if kind != expected.get("kind"):
-        return [_finding(policy, "typeChange", name, f"column {name!r} is {kind} ({values.dtype}) but "
+        return [_finding(policy, "typeChange", name, f"column {name!r} is {kind} ({columns.dtypes[name]}) but "
                          f"{expected.get('kind')} ({expected.get('dtype')}) in {version}")]
     out: list[Finding | None] = []
-    missing = _missing_fraction(values)
+    if numeric:
+        array = columns.numbers[name]
+        absent = np.isnan(array)
+        missing = float(absent.mean()) if array.size else 0.0
+    else:
+        texts = columns.texts[name]
+        absent_mask = texts.isna()
+        missing = float(absent_mask.mean()) if len(texts) else 0.0
     allowed = float(expected.get("missingFraction") or 0.0) + policy.max_missing_rate_increase
     if missing > allowed + 1e-12:
         out.append(_finding(policy, "missingRate", name, f"column {name!r} is {missing:.1%} missing, "
                             f"above {allowed:.1%} ({expected.get('missingFraction', 0.0):.1%} in {version} "
                             f"+ {policy.max_missing_rate_increase:.1%})", missing, allowed))
-    present = values.dropna()
-    if not len(present):
-        return out
     if numeric and expected.get("min") is not None and expected.get("max") is not None:
+        present = array[~absent]
+        finite = present[np.isfinite(present)]
         low, high = float(expected["min"]), float(expected["max"])
         slack = policy.range_tolerance * (high - low)
-        array = present.to_numpy(dtype=np.float64)
-        array = array[np.isfinite(array)]
-        outside = int(((array < low - slack) | (array > high + slack)).sum())
-        fraction = outside / len(present)
+        outside = int(((finite < low - slack) | (finite > high + slack)).sum())
+        fraction = outside / len(present) if len(present) else 0.0
         if outside and fraction > policy.max_out_of_range_fraction:
             out.append(_finding(policy, "outOfRange", name,
                                 f"column {name!r} has {fraction:.1%} of values outside [{low:.4g}, {high:.4g}] "
-                                f"(seen {array.min():.4g} to {array.max():.4g}; {version}'s range "
+                                f"(seen {finite.min():.4g} to {finite.max():.4g}; {version}'s range "
                                 f"+ {policy.range_tolerance:g} of its span allowed)",
                                 fraction, policy.max_out_of_range_fraction))
     if not numeric and expected.get("categories") is not None:
-        known = set(expected["categories"])
-        as_text = present.astype(str)
-        unseen_mask = ~as_text.isin(known)
-        fraction = float(unseen_mask.mean())
+        present = texts[~absent_mask].astype(str)
+        unseen_mask = ~present.isin(set(expected["categories"]))
+        fraction = float(unseen_mask.mean()) if len(present) else 0.0
         if unseen_mask.any() and fraction > policy.max_unseen_category_fraction:
-            unseen = sorted(as_text[unseen_mask].unique())
+            unseen = sorted(present[unseen_mask].unique())
             shown = ", ".join(repr(c) for c in unseen[:5]) + (" ..." if len(unseen) > 5 else "")
             out.append(_finding(policy, "unseenCategory", name,
                                 f"column {name!r} has categories {version} never saw: {shown} "
@@ -325,40 +353,36 @@ def check_column(name: str, values: Any, numeric: bool, expected: Mapping[str, A
     return out
 
 
-def check_schema(X: Any, numeric: list[str], schema: Mapping[str, Any], policy: DataPolicy,
-                 version: str) -> list[Finding | None]:
+def check_schema(columns: Columns, schema: Mapping[str, Any], policy: DataPolicy, version: str) -> list[Finding | None]:
     expected = {c["name"]: c for c in schema.get("columns") or ()}
     out: list[Finding | None] = []
-    missing = [name for name in expected if name not in X.columns]
-    if missing:
-        out += [_finding(policy, "missingColumn", name, f"column {name!r} of {version} is missing") for name in missing]
-    new = [name for name in X.columns if name not in expected]
-    if new:
-        out += [_finding(policy, "newColumn", name, f"column {name!r} is not in {version}'s schema") for name in new]
-    numeric_set = set(numeric)
-    for name in X.columns:
+    out += [_finding(policy, "missingColumn", name, f"column {name!r} of {version} is missing")
+            for name in expected if name not in columns.dtypes]
+    out += [_finding(policy, "newColumn", name, f"column {name!r} is not in {version}'s schema")
+            for name in columns.names if name not in expected]
+    for name in columns.names:
         if name in expected:
-            out += check_column(name, X[name], name in numeric_set, expected[name], policy, version)
+            out += check_column(name, columns, expected[name], policy, version)
     return out
 
 
-def feature_psi(X: Any, reference: Mapping[str, Any]) -> dict[str, float]:
-    """PSI per feature against a champion's baseline.json (the drift module's functions)."""
+def feature_psi(columns: Columns, reference: Mapping[str, Any]) -> dict[str, float]:
+    """PSI per feature against a champion's baseline.json (the drift module's functions);
+    a feature whose kind changed is left to the schema check."""
     from . import drift
 
     scores = {}
     for feature in reference.get("features") or ():
         name = feature.get("name")
-        if name not in X.columns:
+        if name not in columns.dtypes:
             continue
-        if feature.get("kind", NUMERIC) == CATEGORICAL:
-            if X[name].dtype.kind in "biuf":
-                continue  # a type change, reported by the schema check
-            value = drift.categorical_psi(feature, X[name].to_numpy(dtype=object))
+        categorical = feature.get("kind", NUMERIC) == CATEGORICAL
+        if categorical == columns.is_numeric(name):
+            continue
+        if categorical:
+            value = drift.categorical_psi(feature, columns.texts[name].to_numpy(dtype=object))
         else:
-            if X[name].dtype.kind not in "biuf":
-                continue
-            array = X[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            array = columns.numbers[name]
             value = drift.psi(feature, np.where(np.isfinite(array), array, np.nan))
         if math.isfinite(value):
             scores[name] = value
@@ -369,24 +393,25 @@ def check_dataset(
     X: Any, y: Any, numeric: list[str], target: str, policy: DataPolicy,
     schema: Mapping[str, Any] | None = None, schema_ref: ContractRef | None = None,
     reference: Mapping[str, Any] | None = None, reference_ref: ContractRef | None = None,
+    columns: Columns | None = None,
 ) -> DataReport:
     """Every check at once: a report names every problem, not only the first."""
     if not policy.enabled:
         return DataReport((), schema_ref, reference_ref, 0, enabled=False)
-    found = check_non_finite(X, y, numeric, target, policy)
+    columns = columns or columns_of(X, numeric)
+    found = check_non_finite(columns, y, target, policy)
     if schema is not None:
-        version = schema_ref.version if schema_ref else "the contract"
-        found += check_schema(X, numeric, schema, policy, version)
+        found += check_schema(columns, schema, policy, schema_ref.version if schema_ref else "the contract")
     psi: dict[str, float] = {}
     if reference is not None:
-        psi = feature_psi(X, reference)
+        psi = feature_psi(columns, reference)
         version = reference_ref.version if reference_ref else "the champion"
         for name, value in psi.items():
             if value > policy.max_psi:
                 found.append(_finding(policy, "drift", name, f"column {name!r} drifted from {version}'s "
                                       f"training data: PSI {value:.3f} > {policy.max_psi:g}", value, policy.max_psi))
     findings = tuple(f for f in found if f is not None)
-    return DataReport(findings, schema_ref, reference_ref, int(X.shape[1]), psi)
+    return DataReport(findings, schema_ref, reference_ref, len(columns.names), psi)
 
 
 def load_baseline(store: Any, ref: ContractRef) -> dict[str, Any]:

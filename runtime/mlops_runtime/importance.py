@@ -11,6 +11,12 @@ per-call overhead, not the rows, is what costs. Here the permuted copies of all 
 stacked and predicted in a few large calls, so importance costs a few predictions of the
 split, not features x repeats of them. The held-out rows are capped (`maxRows`, a seeded
 subsample) so a large test split stays cheap too.
+
+The cost is bounded against the fit's, deterministically (so the numbers depend only on the
+data and the seed, never on the machine's speed): the permuted rows predicted in all, which
+is features x rows x repeats, may add up to at most `rowBudget` times the training rows.
+Past that the repeats go down (to one), then the rows. importance.json records the repeats
+and rows actually used.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ REPORT_NAME = "importance.json"
 DEFAULT_REPEATS = 5
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_TOP_K = 5
+DEFAULT_ROW_BUDGET = 4.0
+# Fewer held-out rows than this make permutation importance noise; the budget never goes below.
+MIN_ROWS = 50
 # Rows per predict call: the stacked copies are cut into batches of about this many rows.
 BATCH_ROWS = 50_000
 
@@ -39,6 +48,7 @@ class ImportanceConfig:
     repeats: int = DEFAULT_REPEATS
     max_rows: int = DEFAULT_MAX_ROWS
     top_k: int = DEFAULT_TOP_K
+    row_budget: float = DEFAULT_ROW_BUDGET
 
 
 def parse_config(doc: Any) -> ImportanceConfig:
@@ -50,7 +60,19 @@ def parse_config(doc: Any) -> ImportanceConfig:
         repeats=number(doc, "repeats", where, DEFAULT_REPEATS, 1, 50, integer=True),
         max_rows=number(doc, "maxRows", where, DEFAULT_MAX_ROWS, 10, 100_000, integer=True),
         top_k=number(doc, "topK", where, DEFAULT_TOP_K, 1, 50, integer=True),
+        row_budget=number(doc, "rowBudget", where, DEFAULT_ROW_BUDGET, 0.1, 1e6),
     )
+
+
+def within_budget(features: int, rows: int, train_rows: int, config: ImportanceConfig) -> tuple[int, int]:
+    """(repeats, rows) to use: as many as asked while features x rows x repeats stays within
+    `row_budget` x the training rows; one repeat and fewer rows (not below MIN_ROWS) past that."""
+    budget = config.row_budget * max(1, train_rows)
+    rows = min(rows, config.max_rows)
+    repeats = int(min(config.repeats, max(1, budget // max(1, features * rows))))
+    if features * rows * repeats > budget:
+        rows = max(min(MIN_ROWS, rows), int(budget // max(1, features)))
+    return repeats, rows
 
 
 def held_out_rows(X: Any, y: Any, max_rows: int, seed: int) -> tuple[Any, Any]:
@@ -70,55 +92,77 @@ def default_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(r2_score(y_true, y_pred))
 
 
-def permutations(column: np.ndarray, random_seed: int, repeats: int) -> list[np.ndarray]:
-    """The column as scikit-learn permutes it: one RandomState per column from the same seed,
-    the index reshuffled in place each repeat and applied to the already permuted column."""
+def permutation_orders(rows: int, random_seed: int, repeats: int) -> list[np.ndarray]:
+    """The row order of each repeat as scikit-learn permutes a column: a RandomState from the
+    same seed for every column, so one sequence serves all of them; the index is reshuffled
+    in place each repeat and applied to the already permuted column, so repeat r's order is
+    the composition of the first r shuffles."""
     rng = np.random.RandomState(random_seed)
-    index = np.arange(len(column))
-    current = column
+    index = np.arange(rows)
+    order = np.arange(rows)
     out = []
     for _ in range(repeats):
         rng.shuffle(index)
-        current = current[index]
-        out.append(current)
+        order = order[index]
+        out.append(order)
     return out
+
+
+def stacked_copies(X: Any, chosen: list[str], order: np.ndarray) -> Any:
+    """`len(chosen)` copies of X one under the other, copy k with column `chosen[k]` in the
+    permuted `order`. A frame of one numeric dtype is built as one 2-D block (scikit-learn
+    converts it without copying); mixed frames column by column, in their own dtypes."""
+    import pandas as pd
+
+    rows = len(X)
+    dtypes = set(X.dtypes)
+    if len(dtypes) == 1 and next(iter(dtypes)).kind in "biuf":
+        values = X.to_numpy()
+        block = np.tile(values, (len(chosen), 1))
+        for k, name in enumerate(chosen):
+            j = X.columns.get_loc(name)
+            block[k * rows:(k + 1) * rows, j] = values[order, j]
+        return pd.DataFrame(block, columns=X.columns, copy=False)
+    columns = {}
+    for name in X.columns:
+        column = X[name].to_numpy()
+        values = np.tile(column, len(chosen))
+        if name in chosen:
+            k = chosen.index(name)
+            values[k * rows:(k + 1) * rows] = column[order]
+        columns[name] = values
+    frame = pd.DataFrame(columns)
+    differing = {name: dtype for name, dtype in X.dtypes.items() if frame[name].dtype != dtype}
+    return frame.astype(differing) if differing else frame
 
 
 def permuted_scores(model: Any, X: Any, y: np.ndarray, task: str, random_seed: int, repeats: int) -> np.ndarray:
     """Score with each feature permuted, shape (features, repeats)."""
-    import pandas as pd
-
     names = list(X.columns)
     rows = len(X)
-    columns = {name: X[name].to_numpy() for name in names}
-    permuted = {name: permutations(columns[name], random_seed, repeats) for name in names}
     per_batch = max(1, BATCH_ROWS // max(1, rows))
     scores = np.empty((len(names), repeats))
-    for repeat in range(repeats):
+    for repeat, order in enumerate(permutation_orders(rows, random_seed, repeats)):
         for start in range(0, len(names), per_batch):
             chosen = names[start:start + per_batch]
-            stacked = {}
-            for name in names:
-                values = np.tile(columns[name], len(chosen))
-                if name in chosen:
-                    k = chosen.index(name)
-                    values[k * rows:(k + 1) * rows] = permuted[name][repeat]
-                stacked[name] = values
-            frame = pd.DataFrame(stacked).astype(X.dtypes.to_dict())
-            predictions = np.asarray(model.predict(frame))
-            for k, _ in enumerate(chosen):
+            predictions = np.asarray(model.predict(stacked_copies(X, chosen, order)))
+            for k in range(len(chosen)):
                 scores[start + k, repeat] = default_score(task, y, predictions[k * rows:(k + 1) * rows])
     return scores
 
 
 def compute_importance(model: Any, X_test: Any, y_test: Any, task: str, seed: int,
-                       config: ImportanceConfig) -> dict[str, Any]:
-    """The `importance.json` document, features by decreasing mean importance."""
-    X, y = held_out_rows(X_test, y_test, config.max_rows, seed)
+                       config: ImportanceConfig, train_rows: int | None = None) -> dict[str, Any]:
+    """The `importance.json` document, features by decreasing mean importance. Without
+    `train_rows` the budget does not apply."""
+    repeats, rows = config.repeats, min(len(X_test), config.max_rows)
+    if train_rows is not None:
+        repeats, rows = within_budget(X_test.shape[1], rows, train_rows, config)
+    X, y = held_out_rows(X_test, y_test, rows, seed)
     y_true = y.to_numpy()
     random_seed = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
     baseline = default_score(task, y_true, np.asarray(model.predict(X)))
-    drops = baseline - permuted_scores(model, X, y_true, task, random_seed, config.repeats)
+    drops = baseline - permuted_scores(model, X, y_true, task, random_seed, repeats)
     features = [
         {"feature": name, "importance": _finite(drops[j].mean()), "std": _finite(drops[j].std())}
         for j, name in enumerate(X.columns)
@@ -128,8 +172,9 @@ def compute_importance(model: Any, X_test: Any, y_test: Any, task: str, seed: in
         "method": "permutation",
         "scoring": "accuracy" if task == "classification" else "r2",
         "baselineScore": _finite(baseline),
-        "repeats": config.repeats,
+        "repeats": repeats,
         "rows": int(len(X)),
+        "heldOutRows": int(len(X_test)),
         "seed": seed,
         "features": features,
     }

@@ -246,6 +246,8 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     metric_names = evaluation.choose_metrics(task, config.metrics)
     checks = validation.parse_validation(config.validation, config.data_contract)
     store = connecting.result()
+    # The contract's baseline is read while the dataset is.
+    contract = Background(lambda: validation.load_contract(checks, store), "load-contract")
     lap("setup")
 
     data = datasets.load_dataset(
@@ -253,9 +255,10 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     progress.dataset_sha256 = data.sha256
     numeric, categorical = datasets.numeric_and_categorical(data.X)
     check_target_fits_task(data.y, task, config.estimator)
+    lap("load")
     validation.check_slices(checks, list(data.X.columns), numeric, metric_names)
     report, data_schema = validation.validate_dataset(checks, data.X, data.y, numeric, data.target,
-                                                      task, store)
+                                                      task, contract.result())
     progress.data_report = report.summary()
     validation.enforce(report, store, config.output)  # no fit on data that broke the contract
     lap("validate")
@@ -296,7 +299,7 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
             progress.metrics.update(metrics)
         lap("evaluate")
         explanation = validation.explain(checks, model, X_test, y_test, task, config.seed,
-                                         metric_names, reference, lap)
+                                         metric_names, reference, len(X_train), lap)
         skops_bytes = model_io.dump_skops(model)
         lap("dump")
     except BaseException:

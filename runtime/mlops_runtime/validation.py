@@ -38,18 +38,32 @@ def parse_validation(validation: Any, contract: Any) -> ValidationConfig:
     )
 
 
+def load_contract(config: ValidationConfig, store: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the contract's data schema, the reference baseline) from S3; one read when both are
+    the same version's (a family whose first version is its champion)."""
+    if not config.data.enabled:
+        return None, None
+    read: dict[str, dict[str, Any]] = {}
+
+    def baseline(ref: data_contract.ContractRef) -> dict[str, Any]:
+        if ref.uri not in read:
+            read[ref.uri] = data_contract.load_baseline(store, ref)
+        return read[ref.uri]
+
+    schema = data_contract.schema_of(baseline(config.schema), config.schema) if config.schema else None
+    return schema, (baseline(config.reference) if config.reference else None)
+
+
 def validate_dataset(config: ValidationConfig, X: Any, y: Any, numeric: list[str], target: str, task: str,
-                     store: Any) -> tuple[data_contract.DataReport, dict[str, Any]]:
-    """(report, this dataset's schema), before anything is fitted."""
-    enabled = config.data.enabled
-    schema_doc = reference_doc = None
-    if enabled and config.schema is not None:
-        schema_doc = data_contract.schema_of(data_contract.load_baseline(store, config.schema), config.schema)
-    if enabled and config.reference is not None:
-        reference_doc = data_contract.load_baseline(store, config.reference)
+                     contract: tuple[dict[str, Any] | None, dict[str, Any] | None]
+                     ) -> tuple[data_contract.DataReport, dict[str, Any]]:
+    """(report, this dataset's schema), before anything is fitted; `contract` is what
+    `load_contract` read."""
+    columns = data_contract.columns_of(X, numeric)
+    schema_doc, reference_doc = contract
     report = data_contract.check_dataset(X, y, numeric, target, config.data, schema_doc, config.schema,
-                                         reference_doc, config.reference)
-    return report, data_contract.compute_schema(X, y, numeric, target, task)
+                                         reference_doc, config.reference, columns)
+    return report, data_contract.compute_schema(X, y, numeric, target, task, columns)
 
 
 def enforce(report: data_contract.DataReport, store: Any, output: str) -> None:
@@ -91,13 +105,13 @@ class Explanation:
 
 
 def explain(config: ValidationConfig, model: Any, X_test: Any, y_test: Any, task: str, seed: int,
-            metric_names: list[str], reference: tuple[Any, Any | None] | None,
+            metric_names: list[str], reference: tuple[Any, Any | None] | None, train_rows: int,
             lap: Any = lambda name: None) -> Explanation:
     """Importance and slices of the fitted model on the held-out split. `reference` is
     (predictions, probabilities) on X_test when the caller has them."""
     document = None
     if config.importance.enabled:
-        document = importance.compute_importance(model, X_test, y_test, task, seed, config.importance)
+        document = importance.compute_importance(model, X_test, y_test, task, seed, config.importance, train_rows)
         lap("importance")
     entries: list[dict[str, Any]] = []
     if config.slices:

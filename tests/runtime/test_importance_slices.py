@@ -17,7 +17,7 @@ from sklearn.linear_model import Ridge
 from mlops_runtime import train
 from mlops_runtime.datasets import numeric_and_categorical, split_target, train_test_split_frame
 from mlops_runtime.estimators import build_pipeline
-from mlops_runtime.importance import ImportanceConfig, compute_importance
+from mlops_runtime.importance import ImportanceConfig, compute_importance, within_budget
 from mlops_runtime.slices import SliceSpec, compute_slices, slice_labels
 from mlops_runtime.store import ArtifactStore
 
@@ -78,6 +78,21 @@ def test_importance_uses_at_most_max_rows_of_the_held_out_split(fitted):
     model, X_test, y_test = fitted
     document = compute_importance(model, X_test, y_test, "classification", 0, ImportanceConfig(repeats=1, max_rows=50))
     assert document["rows"] == 50 < len(X_test)
+
+
+def test_the_cost_budget_lowers_the_repeats_then_the_rows():
+    config = ImportanceConfig(repeats=5, max_rows=1000, row_budget=4.0)
+    assert within_budget(4, 30, 120, config) == (4, 30)  # iris: 4 x 30 x 4 = 480 = 4 x 120 training rows
+    assert within_budget(30, 114, 455, config) == (1, 60)  # breast cancer: one repeat, 60 of 114 rows
+    assert within_budget(64, 360, 1437, config) == (1, 89)  # digits
+    assert within_budget(100, 200, 10, config) == (1, 50)  # never below 50 rows
+
+
+def test_a_budgeted_run_records_what_it_used(fitted):
+    model, X_test, y_test = fitted
+    document = compute_importance(model, X_test, y_test, "classification", 0,
+                                  ImportanceConfig(repeats=5, row_budget=1.0), train_rows=900)
+    assert (document["repeats"], document["rows"], document["heldOutRows"]) == (1, 180, 300)
 
 
 def test_slice_labels_by_value_and_by_bins():

@@ -165,8 +165,9 @@ def test_the_runtime_defaults_are_the_apis():
     assert {_camel(k): getattr(api, k) for k in type(api).model_fields if k not in ("enabled", "checks")} == \
         runtime_contract.DEFAULT_LIMITS
     importance = Importance()
-    assert (importance.repeats, importance.max_rows, importance.top_k) == (
-        runtime_importance.DEFAULT_REPEATS, runtime_importance.DEFAULT_MAX_ROWS, runtime_importance.DEFAULT_TOP_K)
+    assert (importance.repeats, importance.max_rows, importance.top_k, importance.row_budget) == (
+        runtime_importance.DEFAULT_REPEATS, runtime_importance.DEFAULT_MAX_ROWS, runtime_importance.DEFAULT_TOP_K,
+        runtime_importance.DEFAULT_ROW_BUDGET)
     assert Slice(feature="x").min_rows == runtime_slices.DEFAULT_MIN_ROWS
 
 
