@@ -186,3 +186,19 @@ def test_a_missing_contract_fails_the_run_and_says_how_to_go_on(s3, bucket, stor
     code, summary, _ = run_trainer(s3, bucket, "loans-t012", uri, gone, validation={"data": {"enabled": False}})
     assert code == 0, summary
     assert summary["dataReport"]["disabled"] is True
+
+
+def test_a_type_change_and_a_non_finite_target_are_named():
+    import pandas as pd
+
+    from mlops_runtime import data_contract
+
+    before = pd.DataFrame({"zip": [75001, 69001, 13001], "size": [1.0, 2.0, 3.0]})
+    schema = data_contract.compute_schema(before, pd.Series([1.0, 2.0, 3.0]), ["zip", "size"], "price", "regression")
+    after = pd.DataFrame({"zip": ["75001", "69001", "13001"], "size": [1, 2, 3]})  # int for float: no change
+    y = pd.Series([1.0, np.inf, 2.0])
+    report = data_contract.check_dataset(after, y, ["size"], "price", data_contract.DataPolicy(), schema,
+                                         data_contract.ContractRef("flats-v1", "s3://b/k"))
+    assert [(f.check, f.column) for f in report.failures] == [("nonFinite", "price"), ("typeChange", "zip")]
+    assert "column 'zip' is categorical" in report.failure_message()
+    assert "numeric (int64) in flats-v1" in report.failure_message()
