@@ -153,3 +153,20 @@ def test_a_slice_on_a_column_that_does_not_exist_fails_before_the_fit(s3, bucket
     code, summary = train.execute(None, {**s3.env, train.CONFIG_ENV: json.dumps(config)})
     assert code == 2 and summary["reason"] == "InvalidConfig"
     assert "'gender' is not a column" in summary["message"] and "'sex'" in summary["message"]
+
+
+def test_a_summary_with_many_slices_stays_under_the_termination_limit_keeping_the_metrics():
+    from mlops_runtime.summary import MAX_BYTES, fit_to_limit
+
+    many = [{"feature": f"feature_{i}", "metric": "accuracy", "minRows": 30,
+             "values": [{"value": f"value-{j}", "rows": 100 - j, "score": 0.812345} for j in range(12)]}
+            for i in range(16)]
+    summary = {"status": "Succeeded", "metrics": {"accuracy": 0.9, "f1_macro": 0.8}, "slices": many,
+               "topFeatures": [{"feature": f"feature_{i}", "importance": 0.1} for i in range(20)]}
+    line = fit_to_limit(summary)
+    kept = json.loads(line)
+    assert len(line.encode()) < MAX_BYTES
+    assert kept["metrics"] == summary["metrics"]
+    assert all(len(s["values"]) >= 2 for s in kept["slices"])
+    assert all(s["values"][:2] == many[0]["values"][:2] for s in kept["slices"])  # the most populous stay
+    assert all(s["truncated"] == 12 - len(s["values"]) for s in kept["slices"])
