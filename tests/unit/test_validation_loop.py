@@ -10,14 +10,21 @@ import json
 
 from _training_world import NS, World, experiment_manifest, score, success_summary
 
-from mlops_operator.api.ml import DataValidation, Importance, Slice
+from mlops_operator.api.ml import (
+    DataValidation,
+    FeatureImportance,
+    Importance,
+    ImportanceStability,
+    Slice,
+    SliceResult,
+)
 from mlops_operator.api.model_version import ModelVersion
+from mlops_operator.controllers.model_version import observe_model_version
 from mlops_operator.reconcile.model_version import (
     ChampionFacts,
     evaluate_slice_gate,
     evaluate_stability_gate,
 )
-from mlops_operator.api.ml import FeatureImportance, ImportanceStability, SliceResult
 from mlops_operator.reconcile.training_run import data_contract
 from mlops_runtime import data_contract as runtime_contract
 from mlops_runtime import importance as runtime_importance
@@ -178,3 +185,28 @@ def _snake(name: str) -> str:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(word.title() for word in rest)
+
+
+def test_the_stability_gate_reads_the_champions_top_features_from_its_record():
+    world = World()
+    world.create(experiment_manifest(name="loans", model="loans", search=ONE_TRIAL))
+    world.settle()
+    world.finish_running_jobs(lambda run: (0, summary_with_evidence(run)))
+    world.settle()
+    world.cluster.create({"apiVersion": "mlops.seed.io/v1alpha1", "kind": "InferenceService",
+                          "metadata": {"name": "loans", "namespace": NS},
+                          "spec": {"model": "loans", "champion": {"name": "loans-v1"}}})
+    world.cluster.patch_status("mlops.seed.io/v1alpha1", "InferenceService", NS, "loans", {"champion": "loans-v1"})
+    stability = {"importance": {"topK": 3, "stability": {"championTop": 2, "withinTopK": 3}}}
+    world.create(experiment_manifest(name="loans-2", model="loans", search=ONE_TRIAL, validation=stability))
+    world.settle()
+    shuffled = [{"feature": "age", "importance": 0.3}, {"feature": "sex", "importance": 0.2},
+                {"feature": "income", "importance": 0.1}]
+    world.finish_running_jobs(lambda run: (0, json.dumps({**success_summary(run, 0.9), "topFeatures": shuffled})))
+    world.settle()
+    mv = world.get("ModelVersion", "loans-v2")
+    observed = observe_model_version(world.cluster, {**mv, "status": {}}, ModelVersion.model_validate(mv))
+    assert observed.champion.top_features == ("income", "debt_ratio", "age")
+    assert mv["status"]["phase"] == "Rejected"
+    assert ("top features: champion loans-v1's top features debt_ratio are not among this version's top 3 "
+            "(age, sex, income)") in condition(mv, "Validated")["message"]
