@@ -134,12 +134,39 @@ def parse_contract(doc: Any) -> tuple[ContractRef | None, ContractRef | None]:
 
 
 @dataclass(frozen=True)
+class NumericStats:
+    missing: float  # fraction of rows
+    infinite: int
+    low: float | None  # of the finite values
+    high: float | None
+
+
+def numeric_stats(matrix: np.ndarray) -> tuple[np.ndarray, list[NumericStats]]:
+    """(the matrix with infinities as NaN, per column stats), in a few passes over all
+    columns at once: per-column numpy calls would cost more than the checks."""
+    import warnings
+
+    rows = matrix.shape[0]
+    infinite = np.isinf(matrix)
+    finite = np.where(infinite, np.nan, matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no min
+        lows, highs = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
+    missing = np.isnan(matrix).sum(axis=0) / rows if rows else np.zeros(matrix.shape[1])
+    stats = [NumericStats(float(m), int(i), None if math.isnan(lo) else float(lo), None if math.isnan(hi) else float(hi))
+             for m, i, lo, hi in zip(missing, infinite.sum(axis=0), lows, highs)] if rows else \
+        [NumericStats(0.0, 0, None, None) for _ in range(matrix.shape[1])]
+    return finite, stats
+
+
+@dataclass(frozen=True)
 class Columns:
     """A dataset's columns as the checks read them: the numeric ones converted to float once,
-    as views of one matrix (per-column pandas calls would cost more than the checks)."""
+    as views of one matrix, with their stats."""
 
     names: tuple[str, ...]
-    numbers: Mapping[str, np.ndarray]  # numeric columns, NaN where missing
+    numbers: Mapping[str, np.ndarray]  # numeric columns, NaN where missing or infinite
+    stats: Mapping[str, NumericStats]
     texts: Mapping[str, Any]  # categorical columns, pandas Series
     dtypes: Mapping[str, str]
 
@@ -151,20 +178,19 @@ def columns_of(X: Any, numeric: list[str]) -> Columns:
     numeric_set = set(numeric)
     in_order = [name for name in X.columns if name in numeric_set]
     matrix = X[in_order].to_numpy(dtype=np.float64, na_value=np.nan) if in_order else np.empty((len(X), 0))
+    finite, stats = numeric_stats(matrix)
     return Columns(
         names=tuple(X.columns),
-        numbers={name: matrix[:, j] for j, name in enumerate(in_order)},
+        numbers={name: finite[:, j] for j, name in enumerate(in_order)},
+        stats=dict(zip(in_order, stats, strict=True)),
         texts={name: X[name] for name in X.columns if name not in numeric_set},
         dtypes={name: str(dtype) for name, dtype in X.dtypes.items()},
     )
 
 
-def _numeric_schema(name: str, array: np.ndarray, dtype: str) -> dict[str, Any]:
-    finite = array[np.isfinite(array)]
-    return {"name": name, "kind": NUMERIC, "dtype": dtype,
-            "missingFraction": float(np.isnan(array).mean()) if array.size else 0.0,
-            "min": float(finite.min()) if finite.size else None,
-            "max": float(finite.max()) if finite.size else None}
+def _numeric_schema(name: str, stats: NumericStats, dtype: str) -> dict[str, Any]:
+    return {"name": name, "kind": NUMERIC, "dtype": dtype, "missingFraction": stats.missing,
+            "min": stats.low, "max": stats.high}
 
 
 def _categorical_schema(name: str, values: Any) -> dict[str, Any]:
@@ -183,10 +209,11 @@ def compute_schema(X: Any, y: Any, numeric: list[str], target: str, task: str,
     """The `dataSchema` section of baseline.json: every feature column and the target, over
     the whole dataset (before the split, as the next run's check sees its dataset)."""
     columns = columns or columns_of(X, numeric)
-    features = [_numeric_schema(name, columns.numbers[name], columns.dtypes[name]) if columns.is_numeric(name)
+    features = [_numeric_schema(name, columns.stats[name], columns.dtypes[name]) if columns.is_numeric(name)
                 else _categorical_schema(name, columns.texts[name]) for name in columns.names]
     if task == "regression" or y.dtype.kind in "biuf":
-        target_schema = _numeric_schema(target, y.to_numpy(dtype=np.float64, na_value=np.nan), str(y.dtype))
+        _, (stats,) = numeric_stats(y.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1))
+        target_schema = _numeric_schema(target, stats, str(y.dtype))
     else:
         target_schema = _categorical_schema(target, y)
     return {"rows": int(len(X)), "columns": features, "target": target_schema}
@@ -291,8 +318,8 @@ def _finding(policy: DataPolicy, check: str, column: str, message: str,
 
 def check_non_finite(columns: Columns, y: Any, target: str, policy: DataPolicy) -> list[Finding | None]:
     out: list[Finding | None] = []
-    for name, array in columns.numbers.items():
-        count = int(np.isinf(array).sum())
+    for name, stats in columns.stats.items():
+        count = stats.infinite
         if count:
             out.append(_finding(policy, "nonFinite", name, f"column {name!r} holds {count} infinite value"
                                 f"{'s' if count > 1 else ''}; replace them or leave the cell empty", count, 0))
@@ -315,9 +342,8 @@ def check_column(name: str, columns: Columns, expected: Mapping[str, Any], polic
                          f"{expected.get('kind')} ({expected.get('dtype')}) in {version}")]
     out: list[Finding | None] = []
     if numeric:
-        array = columns.numbers[name]
-        absent = np.isnan(array)
-        missing = float(absent.mean()) if array.size else 0.0
+        stats = columns.stats[name]
+        missing = stats.missing
     else:
         texts = columns.texts[name]
         absent_mask = texts.isna()
@@ -327,17 +353,17 @@ def check_column(name: str, columns: Columns, expected: Mapping[str, Any], polic
         out.append(_finding(policy, "missingRate", name, f"column {name!r} is {missing:.1%} missing, "
                             f"above {allowed:.1%} ({expected.get('missingFraction', 0.0):.1%} in {version} "
                             f"+ {policy.max_missing_rate_increase:.1%})", missing, allowed))
-    if numeric and expected.get("min") is not None and expected.get("max") is not None:
-        present = array[~absent]
-        finite = present[np.isfinite(present)]
+    if numeric and expected.get("min") is not None and expected.get("max") is not None and stats.low is not None:
         low, high = float(expected["min"]), float(expected["max"])
         slack = policy.range_tolerance * (high - low)
-        outside = int(((finite < low - slack) | (finite > high + slack)).sum())
-        fraction = outside / len(present) if len(present) else 0.0
+        finite = columns.numbers[name]  # NaN compares false: missing values are not outside
+        outside = int(np.count_nonzero((finite < low - slack) | (finite > high + slack)))
+        present = len(finite) - round(stats.missing * len(finite))
+        fraction = outside / present if present else 0.0
         if outside and fraction > policy.max_out_of_range_fraction:
             out.append(_finding(policy, "outOfRange", name,
                                 f"column {name!r} has {fraction:.1%} of values outside [{low:.4g}, {high:.4g}] "
-                                f"(seen {finite.min():.4g} to {finite.max():.4g}; {version}'s range "
+                                f"(seen {stats.low:.4g} to {stats.high:.4g}; {version}'s range "
                                 f"+ {policy.range_tolerance:g} of its span allowed)",
                                 fraction, policy.max_out_of_range_fraction))
     if not numeric and expected.get("categories") is not None:
@@ -382,8 +408,7 @@ def feature_psi(columns: Columns, reference: Mapping[str, Any]) -> dict[str, flo
         if categorical:
             value = drift.categorical_psi(feature, columns.texts[name].to_numpy(dtype=object))
         else:
-            array = columns.numbers[name]
-            value = drift.psi(feature, np.where(np.isfinite(array), array, np.nan))
+            value = drift.psi(feature, columns.numbers[name])
         if math.isfinite(value):
             scores[name] = value
     return scores
