@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import drift
 from .config_fields import flag, invalid, number, section
 from .errors import UserError
 
@@ -177,7 +178,8 @@ class Columns:
 def columns_of(X: Any, numeric: list[str]) -> Columns:
     numeric_set = set(numeric)
     in_order = [name for name in X.columns if name in numeric_set]
-    matrix = X[in_order].to_numpy(dtype=np.float64, na_value=np.nan) if in_order else np.empty((len(X), 0))
+    frame = X if len(in_order) == X.shape[1] else X[in_order]  # no copy of an all-numeric frame
+    matrix = frame.to_numpy(dtype=np.float64, na_value=np.nan) if in_order else np.empty((len(X), 0))
     finite, stats = numeric_stats(matrix)
     return Columns(
         names=tuple(X.columns),
@@ -395,8 +397,6 @@ def check_schema(columns: Columns, schema: Mapping[str, Any], policy: DataPolicy
 def feature_psi(columns: Columns, reference: Mapping[str, Any]) -> dict[str, float]:
     """PSI per feature against a champion's baseline.json (the drift module's functions);
     a feature whose kind changed is left to the schema check."""
-    from . import drift
-
     scores = {}
     for feature in reference.get("features") or ():
         name = feature.get("name")
