@@ -14,9 +14,17 @@ The runtime ends with os._exit once everything is written (a one-shot job gains 
 the interpreter's teardown of scikit-learn, pandas and scipy). The row "bare, no teardown"
 shows what that alone saves, so the runtime's own work can be read off as the difference.
 
+A second table (`--part validation`) measures what the data contract and permutation
+importance add (issue 16), from the runtime's own per-step timings (`timings` in the
+summary): per case, a first run makes the family's contract (its baseline.json); each later
+run checks its dataset against it (schema and PSI against the same baseline as champion) and
+computes importance with the defaults. It prints the median fit, validate and importance
+seconds, the added share of the fit (median of the per-run ratios; target < 15 %), and the
+CPU time of whole runs with both on against runs with both off.
+
 S3: AWS_ENDPOINT_URL if set, else a SeaweedFS server started (and stopped) here.
 
-    .venv/bin/python bench/train_overhead.py [--runs 5]
+    .venv/bin/python bench/train_overhead.py [--runs 5] [--part all|runtime|validation]
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 CASES = [
     ("breast_cancer", "sklearn.ensemble.RandomForestClassifier", {"n_estimators": 300}),
@@ -69,9 +78,10 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def runtime_command(dataset: str, estimator: str, params: dict, onnx: bool, output: str, log: str) -> list[str]:
+def runtime_command(dataset: str, estimator: str, params: dict, onnx: bool, output: str, log: str,
+                    **extra: Any) -> list[str]:
     config = {"dataset": {"uri": f"sklearn://{dataset}", "testSize": TEST_SIZE}, "estimator": estimator,
-              "params": params, "seed": SEED, "output": output, "onnx": onnx}
+              "params": params, "seed": SEED, "output": output, "onnx": onnx, **extra}
     path = Path(tempfile.mkdtemp()) / "config.json"
     path.write_text(json.dumps(config))
     return [sys.executable, "-m", "mlops_runtime.train", "--config", str(path), "--termination-log", log]
@@ -93,9 +103,47 @@ def row(label: str, samples: list[tuple[float, float]], bare: list[tuple[float, 
             f"| {cpu_median:6.2f} | {cpu_overhead:>8} |")
 
 
+VALIDATION_OFF = {"data": {"enabled": False}, "importance": {"enabled": False}}
+
+
+def summary_of(log: str) -> dict[str, Any]:
+    return json.loads(Path(log).read_text())
+
+
+def validation_overhead(runs: int, env: dict[str, str], log: str) -> None:
+    """The second table: what the data contract and importance add to a run."""
+    print(f"\n| {'case (validation + importance)':<40} | fit s | validate s | importance s | added / fit "
+          f"| CPU on s | CPU off s | CPU added |")
+    print(f"|{'-' * 42}|------:|-----------:|-------------:|------------:|---------:|----------:|----------:|")
+    for dataset, estimator, params in CASES:
+        first = f"s3://bench/{dataset}/contract/"
+        timed(runtime_command(dataset, estimator, params, False, first, log), env)
+        ref = {"version": f"{dataset}-v1", "uri": first + "baseline.json"}
+        contract = {"schema": ref, "reference": ref}
+        steps: dict[str, list[float]] = {"fit": [], "validate": [], "importance": [], "ratio": []}
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        for i in range(runs):
+            _, cpu_on = timed(runtime_command(dataset, estimator, params, False, f"s3://bench/{dataset}/v{i}/", log,
+                                              dataContract=contract), env)
+            timings = summary_of(log)["timings"]
+            cpu["on"].append(cpu_on)
+            for step in ("fit", "validate", "importance"):
+                steps[step].append(timings[step])
+            steps["ratio"].append((timings["validate"] + timings["importance"]) / timings["fit"])
+            _, cpu_off = timed(runtime_command(dataset, estimator, params, False, f"s3://bench/{dataset}/n{i}/", log,
+                                               validation=VALIDATION_OFF), env)
+            cpu["off"].append(cpu_off)
+        med = {k: statistics.median(v) for k, v in {**steps, **cpu}.items()}
+        short = estimator.rsplit(".", 1)[1]
+        print(f"| {dataset + ' ' + short:<40} | {med['fit']:5.3f} | {med['validate']:10.3f} | "
+              f"{med['importance']:12.3f} | {med['ratio'] * 100:9.1f} % | {med['on']:8.2f} | {med['off']:9.2f} | "
+              f"{(med['on'] - med['off']) / med['off'] * 100:+7.1f} % |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--part", choices=("all", "runtime", "validation"), default="all")
     args = parser.parse_args()
 
     server = None
@@ -109,29 +157,37 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     log = str(work / "termination-log")
     print(f"{args.runs} runs each, interleaved; S3 at {env['AWS_ENDPOINT_URL']}; OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
-    print(f"| {'case':<40} | wall s | wall range  | overhead | CPU s  | overhead |")
-    print(f"|{'-' * 42}|-------:|------------:|---------:|-------:|---------:|")
     try:
-        for dataset, estimator, params in CASES:
-            bare_cmd = [sys.executable, "-c", BARE_SCRIPT, dataset, estimator, json.dumps(params),
-                        str(work / "model.skops")]
-            times: dict[str, list[tuple[float, float]]] = {"bare": [], "quick": [], "runtime": [], "onnx": []}
-            for i in range(args.runs):
-                times["bare"].append(timed(bare_cmd, env))
-                times["quick"].append(timed([*bare_cmd, "no-teardown"], env))
-                times["runtime"].append(timed(runtime_command(
-                    dataset, estimator, params, False, f"s3://bench/{dataset}/r{i}/", log), env))
-                times["onnx"].append(timed(runtime_command(
-                    dataset, estimator, params, True, f"s3://bench/{dataset}/o{i}/", log), env))
-            bare = times["bare"]
-            short = estimator.rsplit(".", 1)[1]
-            print(row(f"{dataset} {short}: bare script", times["bare"], None))
-            print(row(f"{dataset} {short}: bare, no teardown", times["quick"], bare))
-            print(row(f"{dataset} {short}: runtime, onnx=false", times["runtime"], bare))
-            print(row(f"{dataset} {short}: runtime, onnx=true", times["onnx"], bare))
+        if args.part in ("all", "runtime"):
+            runtime_overhead(args.runs, env, work, log)
+        if args.part in ("all", "validation"):
+            validation_overhead(args.runs, env, log)
     finally:
         if server is not None:
             server.stop(grace=2)
+
+
+def runtime_overhead(runs: int, env: dict[str, str], work: Path, log: str) -> None:
+    """The first table: the runtime against a bare script."""
+    print(f"| {'case':<40} | wall s | wall range  | overhead | CPU s  | overhead |")
+    print(f"|{'-' * 42}|-------:|------------:|---------:|-------:|---------:|")
+    for dataset, estimator, params in CASES:
+        bare_cmd = [sys.executable, "-c", BARE_SCRIPT, dataset, estimator, json.dumps(params),
+                    str(work / "model.skops")]
+        times: dict[str, list[tuple[float, float]]] = {"bare": [], "quick": [], "runtime": [], "onnx": []}
+        for i in range(runs):
+            times["bare"].append(timed(bare_cmd, env))
+            times["quick"].append(timed([*bare_cmd, "no-teardown"], env))
+            times["runtime"].append(timed(runtime_command(
+                dataset, estimator, params, False, f"s3://bench/{dataset}/r{i}/", log), env))
+            times["onnx"].append(timed(runtime_command(
+                dataset, estimator, params, True, f"s3://bench/{dataset}/o{i}/", log), env))
+        bare = times["bare"]
+        short = estimator.rsplit(".", 1)[1]
+        print(row(f"{dataset} {short}: bare script", times["bare"], None))
+        print(row(f"{dataset} {short}: bare, no teardown", times["quick"], bare))
+        print(row(f"{dataset} {short}: runtime, onnx=false", times["runtime"], bare))
+        print(row(f"{dataset} {short}: runtime, onnx=true", times["onnx"], bare))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def encode(summary: Mapping[str, Any]) -> str:
 
 
 def fit_to_limit(summary: dict[str, Any], limit: int = MAX_BYTES) -> str:
-    """Compact JSON under `limit` bytes: shorten the message first, then drop metrics that
-    are not needed to judge the run (cross-validation spreads, then the rest)."""
+    """Compact JSON under `limit` bytes: shorten the message first, then the evidence that
+    has its full copy in S3 (the least populous slice values, then the last top features),
+    then drop metrics that are not needed to judge the run (cross-validation spreads, then
+    the rest)."""
     text = encode(summary)
     if len(text.encode()) < limit:
         return text
@@ -30,6 +32,8 @@ def fit_to_limit(summary: dict[str, Any], limit: int = MAX_BYTES) -> str:
         excess = len(text.encode()) - limit + 16
         summary["message"] = summary["message"][: max(80, len(summary["message"]) - excess)] + "..."
         text = encode(summary)
+    if len(text.encode()) >= limit:
+        summary, text = _shorten_evidence(summary, limit)
     metrics = dict(summary.get("metrics") or {})
     for name in sorted(metrics, key=lambda n: (not n.endswith("_std"), not n.startswith("cv_"), n)):
         if len(text.encode()) < limit:
@@ -53,3 +57,24 @@ def write_termination_log(path: str, line: str) -> str | None:
     except OSError as error:
         return f"could not write the termination message to {path}: {error.strerror or error}"
     return None
+
+
+def _shorten_evidence(summary: dict[str, Any], limit: int) -> tuple[dict[str, Any], str]:
+    """Drop the last (least populous) value of the slice with the most values, down to two
+    per slice (slices.json keeps them all; the count goes into `truncated`), then top
+    features down to three."""
+    slices = [dict(entry, values=list(entry.get("values") or ())) for entry in summary.get("slices") or ()]
+    top = list(summary.get("topFeatures") or ())
+    summary = {**summary, **({"slices": slices} if slices else {}), **({"topFeatures": top} if top else {})}
+    text = encode(summary)
+    while len(text.encode()) >= limit:
+        widest = max(slices, key=lambda e: len(e["values"]), default=None)
+        if widest is not None and len(widest["values"]) > 2:
+            widest["values"].pop()
+            widest["truncated"] = int(widest.get("truncated") or 0) + 1
+        elif len(top) > 3:
+            top.pop()
+        else:
+            break
+        text = encode(summary)
+    return summary, text

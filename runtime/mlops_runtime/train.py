@@ -29,7 +29,7 @@ CONFIG_ENV = "MLOPS_TRAIN_CONFIG"
 EXIT_INTERNAL_ERROR = 1
 KNOWN_KEYS = frozenset({
     "dataset", "estimator", "params", "metrics", "seed", "crossValidation", "output", "onnx",
-    "allowedEstimators", "lineage", "task", "objective",
+    "allowedEstimators", "lineage", "task", "objective", "validation", "dataContract",
 })
 
 
@@ -53,6 +53,9 @@ class TrainConfig:
     lineage: dict[str, Any] = field(default_factory=dict)
     task: str | None = None
     ignored_keys: tuple[str, ...] = ()
+    # Parsed by mlops_runtime.validation inside run(), where numpy is being imported anyway.
+    validation: dict[str, Any] = field(default_factory=dict)
+    data_contract: dict[str, Any] | None = None
 
 
 def _require(condition: bool, field_name: str, problem: str) -> None:
@@ -109,6 +112,7 @@ def parse_config(doc: Any) -> TrainConfig:
         params=params, metrics=metrics, seed=seed, cv_folds=folds, onnx=onnx,
         allowed_estimators=tuple(allowed), lineage=lineage, task=task,
         ignored_keys=tuple(sorted(set(doc) - KNOWN_KEYS)),
+        validation=doc.get("validation") or {}, data_contract=doc.get("dataContract"),
     )
 
 
@@ -147,6 +151,7 @@ class Progress:
     metrics: dict[str, float] = field(default_factory=dict)
     task: str | None = None
     dataset_sha256: str | None = None
+    data_report: dict[str, Any] | None = None
 
 
 class Background:
@@ -223,7 +228,7 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     # minio's import and the first round trip overlap with scikit-learn's import
     connecting = Background(lambda: connect_store(config, env), "connect-store")
 
-    from . import baseline, datasets, estimators, evaluation, model_io
+    from . import baseline, datasets, estimators, evaluation, model_io, validation
     from .store import join_uri
 
     started_wall = datetime.now(UTC)
@@ -239,7 +244,10 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
                         f"{'classifier' if task == 'classification' else 'regressor'}")
     progress.task = task
     metric_names = evaluation.choose_metrics(task, config.metrics)
+    checks = validation.parse_validation(config.validation, config.data_contract)
     store = connecting.result()
+    # The contract's baseline is read while the dataset is.
+    contract = Background(lambda: validation.load_contract(checks, store), "load-contract")
     lap("setup")
 
     data = datasets.load_dataset(
@@ -247,6 +255,13 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     progress.dataset_sha256 = data.sha256
     numeric, categorical = datasets.numeric_and_categorical(data.X)
     check_target_fits_task(data.y, task, config.estimator)
+    lap("load")
+    validation.check_slices(checks, list(data.X.columns), numeric, metric_names)
+    report, data_schema = validation.validate_dataset(checks, data.X, data.y, numeric, data.target,
+                                                      task, contract.result())
+    progress.data_report = report.summary()
+    validation.enforce(report, store, config.output)  # no fit on data that broke the contract
+    lap("validate")
     X_train, X_test, y_train, y_test = datasets.train_test_split_frame(
         data.X, data.y, config.test_size, config.seed, task)
     model = estimators.build_pipeline(estimator, categorical)
@@ -274,6 +289,7 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
             metrics = evaluation.evaluate_outputs(model, task, metric_names, y_test, *reference)
         else:
             metrics, _ = evaluation.evaluate(model, task, metric_names, X_test, y_test)
+            reference = None
         progress.metrics.update(metrics)
         if config.cv_folds:
             from sklearn.base import clone
@@ -282,6 +298,8 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
                 clone(model), task, metric_names, X_train, y_train, config.cv_folds, config.seed))
             progress.metrics.update(metrics)
         lap("evaluate")
+        explanation = validation.explain(checks, model, X_test, y_test, task, config.seed,
+                                         metric_names, reference, len(X_train), lap)
         skops_bytes = model_io.dump_skops(model)
         lap("dump")
     except BaseException:
@@ -321,10 +339,13 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
             },
             "signature.json": baseline.compute_signature(data.X, numeric, task, data.target, classes, onnx_inputs,
                                                          features=signature_features),
-            "baseline.json": baseline.compute_baseline(X_train, y_train, numeric, task, classes, config.seed,
-                                                       features=feature_baselines),
+            "baseline.json": {**baseline.compute_baseline(X_train, y_train, numeric, task, classes, config.seed,
+                                                          features=feature_baselines),
+                              "dataSchema": data_schema},
             "lineage.json": lineage(config, data, estimator, started_wall, finished_wall, env),
             "input_example.json": example,
+            "data_report.json": report.document(),
+            **explanation.documents(),
         }
         lap("documents")
         document_uploads = [
@@ -352,6 +373,8 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
         "task": task,
         # The operator records it in the ModelVersion's lineage without reading S3.
         "sklearnVersion": sklearn_version(),
+        "dataReport": report.summary(),
+        **explanation.summary(checks.importance.top_k),
         "timings": stopwatch.laps,
     }
 
@@ -463,6 +486,8 @@ def failure(reason: str, message: str, progress: Progress) -> dict[str, Any]:
         summary["task"] = progress.task
     if progress.dataset_sha256:
         summary["datasetSha256"] = progress.dataset_sha256
+    if progress.data_report:
+        summary["dataReport"] = progress.data_report
     return summary
 
 

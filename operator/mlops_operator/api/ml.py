@@ -91,6 +91,102 @@ class ValidationGate(ApiModel):
         return greater_is_better(self.metric) if self.greater_is_better is None else self.greater_is_better
 
 
+CheckAction = Literal["fail", "warn", "ignore"]
+
+
+class DataChecks(ApiModel):
+    """What each check of the data contract does when it finds a problem (docs/validation.md)."""
+
+    missing_column: CheckAction = "fail"
+    new_column: CheckAction = "warn"
+    type_change: CheckAction = "fail"
+    out_of_range: CheckAction = "fail"
+    unseen_category: CheckAction = "fail"
+    missing_rate: CheckAction = "fail"
+    non_finite: CheckAction = "fail"
+    drift: CheckAction = "warn"
+
+
+class DataValidation(ApiModel):
+    """The data contract, checked by the trainer before it fits: against the schema of the
+    family's first Validated version, and the champion's training distribution."""
+
+    enabled: bool = True
+    checks: DataChecks = Field(default_factory=DataChecks)
+    range_tolerance: float = Field(
+        default=0.1, ge=0.0, description="How far beyond the contract's [min, max] a value may go, "
+        "as a fraction of that range's span."
+    )
+    max_out_of_range_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_unseen_category_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_missing_rate_increase: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Allowed rise of a column's missing-value rate over the contract's."
+    )
+    max_psi: float = Field(default=0.25, gt=0.0, description="PSI against the champion's training data.")
+
+
+class Slice(ApiModel):
+    """Metrics per value of a feature (or per bin between `edges`) on the held-out split; with
+    `maxGap`, a gate on the gap between the best and the worst judged slice."""
+
+    feature: str = Field(min_length=1, max_length=253)
+    edges: list[float] | None = Field(
+        default=None, min_length=1, max_length=50,
+        description="Increasing bin edges for a numeric feature; the outer bins are open.",
+    )
+    metric: MetricName | None = Field(
+        default=None, description="The metric judged; default: the run's first metric (accuracy, r2)."
+    )
+    max_gap: float | None = Field(default=None, ge=0.0, description="Best minus worst slice, at most this.")
+    min_rows: int = Field(default=30, ge=1, description="Slices with fewer held-out rows are reported, not judged.")
+
+    @model_validator(mode="after")
+    def _increasing_edges(self) -> Slice:
+        if self.edges and any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError("edges: must be strictly increasing")
+        return self
+
+
+class ImportanceStability(ApiModel):
+    """Gate: the champion's `championTop` features must stay among this version's `withinTopK`."""
+
+    champion_top: int = Field(default=3, ge=1, le=20)
+    within_top_k: int = Field(default=5, ge=1, le=50)
+
+
+class Importance(ApiModel):
+    """Permutation importance on the held-out split (docs/validation.md)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.stability) || self.stability.withinTopK <= self.topK",
+                    "message": "stability.withinTopK must not exceed topK: only the top topK features are recorded",
+                    "fieldPath": ".stability.withinTopK",
+                }
+            ]
+        }
+    }
+
+    enabled: bool = True
+    repeats: int = Field(default=5, ge=1, le=50)
+    max_rows: int = Field(default=1000, ge=10, le=100000, description="Held-out rows used, a seeded subsample.")
+    top_k: int = Field(default=5, ge=1, le=50, description="How many top features the status lists.")
+    row_budget: float = Field(
+        default=4.0, ge=0.1, le=1e6, description="Bound on the cost: features x rows x repeats predicted stay "
+        "within this many times the training rows (fewer repeats, then rows, past it).",
+    )
+    stability: ImportanceStability | None = Field(default=None, description="Off unless set.")
+
+    @model_validator(mode="after")
+    def _stability_within_recorded(self) -> Importance:
+        if self.stability is not None and self.stability.within_top_k > self.top_k:
+            raise ValueError(f"stability.withinTopK ({self.stability.within_top_k}) must not exceed topK "
+                             f"({self.top_k}): only the top {self.top_k} features are recorded")
+        return self
+
+
 class Validation(ApiModel):
     gates: list[ValidationGate] = Field(default_factory=list, max_length=32)
     compare_with_champion_of: str | None = Field(
@@ -98,6 +194,10 @@ class Validation(ApiModel):
         description="InferenceService whose champion the gates compare with; "
         "default: the champion of any InferenceService serving this model.",
     )
+    # Left out means the defaults (the trainer's are the same), so records stay short.
+    data: DataValidation | None = Field(default=None, description="The data contract; default: on.")
+    slices: list[Slice] | None = Field(default=None, max_length=16)
+    importance: Importance | None = Field(default=None, description="Permutation importance; default: on.")
 
 
 class FeatureSignature(ApiModel):
@@ -137,3 +237,43 @@ class GateResult(StatusModel):
     champion: str | None = Field(default=None, description="ModelVersion compared with, if any.")
     champion_value: float | None = None
     message: str = ""
+
+
+class FeatureImportance(StatusModel):
+    feature: str
+    importance: float | None = None
+
+
+class SliceValue(StatusModel):
+    value: str
+    rows: int = Field(ge=0)
+    score: float | None = None
+
+
+class SliceResult(StatusModel):
+    """One slice feature as the trainer reported it: the judged metric per value."""
+
+    feature: str
+    metric: str
+    min_rows: int = Field(default=30, ge=1)
+    values: list[SliceValue] = Field(default_factory=list)
+    truncated: int | None = Field(default=None, description="Values left out of the record (the least populous).")
+
+
+class MaxPsi(StatusModel):
+    feature: str
+    value: float | None = None
+
+
+class DataReportSummary(StatusModel):
+    """The trainer's data validation, in short; the full report is data_report.json."""
+
+    passed: bool
+    failures: int = 0
+    warnings: int = 0
+    columns_checked: int = 0
+    disabled: bool | None = None
+    contract: str | None = Field(default=None, description="ModelVersion whose data schema was the contract.")
+    reference: str | None = Field(default=None, description="ModelVersion whose training data PSI compared with.")
+    max_psi: MaxPsi | None = None
+    problems: list[str] = Field(default_factory=list, description="check:column, failures first.")

@@ -18,7 +18,16 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import GateResult, Lineage, Objective, Signature, Validation
+from .ml import (
+    DataReportSummary,
+    FeatureImportance,
+    GateResult,
+    Lineage,
+    Objective,
+    Signature,
+    SliceResult,
+    Validation,
+)
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 REASON_SPEC_IMMUTABLE = "SpecImmutable"
@@ -46,6 +55,11 @@ class ModelVersionSpec(ApiModel):
     signature: Signature | None = None
     lineage: Lineage = Field(default_factory=Lineage)
     validation: Validation = Field(default_factory=Validation)
+    top_features: list[FeatureImportance] | None = Field(
+        default=None, description="Permutation importance on the held-out split (importance.json)."
+    )
+    slices: list[SliceResult] | None = Field(default=None, description="Metric per slice (slices.json).")
+    data_report: DataReportSummary | None = Field(default=None, description="Summary of data_report.json.")
 
 
 Role = Literal["none", "champion", "challenger", "previous", "retired", "rolledBack"]
@@ -67,6 +81,10 @@ class ModelVersionStatus(StatusModel):
         default=None, description="Hash of the spec as first validated; a later change is refused."
     )
     message: str | None = None
+    top_features: str | None = Field(
+        default=None, description="Top features by permutation importance, e.g. 'petal_width=0.41, ...'."
+    )
+    data_report: str | None = Field(default=None, description="The data contract's verdict on the training data.")
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -82,6 +100,8 @@ class ModelVersion(Kind):
         {"name": "Role", "type": "string", "jsonPath": ".status.role"},
         {"name": "Format", "type": "string", "jsonPath": ".spec.artifact.servingFormat"},
         {"name": "Run", "type": "string", "jsonPath": ".spec.lineage.trainingRun", "priority": 1},
+        {"name": "Top Features", "type": "string", "jsonPath": ".status.topFeatures", "priority": 1},
+        {"name": "Data", "type": "string", "jsonPath": ".status.dataReport", "priority": 1},
         ready_column(),
         age_column(),
     )

@@ -22,7 +22,16 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import CrossValidation, Dataset, Objective, Signature
+from .ml import (
+    CrossValidation,
+    DataReportSummary,
+    Dataset,
+    FeatureImportance,
+    Objective,
+    Signature,
+    SliceResult,
+    Validation,
+)
 
 
 class TrainingRunSpec(ApiModel):
@@ -44,6 +53,10 @@ class TrainingRunSpec(ApiModel):
     backoff_limit: int = Field(default=0, ge=0, le=10)
     ttl_seconds_after_finished: int | None = Field(default=3600, ge=0)
     onnx: bool = True
+    validation: Validation | None = Field(
+        default=None, description="The trainer applies data, slices and importance; the gates judge the "
+        "ModelVersion of a standalone run (an Experiment's versions use the Experiment's).",
+    )
 
 
 class TrainingRunStatus(StatusModel):
@@ -66,6 +79,9 @@ class TrainingRunStatus(StatusModel):
     duration_seconds: float | None = None
     sklearn_version: str | None = Field(default=None, description="scikit-learn version that trained the model.")
     signature: Signature | None = Field(default=None, description="Input signature, when the summary carries it.")
+    data_report: DataReportSummary | None = Field(default=None, description="The data contract's verdict.")
+    top_features: list[FeatureImportance] | None = None
+    slices: list[SliceResult] | None = None
     failure_reason: str | None = None
     message: str | None = Field(default=None, description="Why it failed, from the container's termination message.")
     conditions: list[Condition] = Field(default_factory=list)

@@ -27,8 +27,11 @@ def observe_model_version(cluster: Cluster, obj: Obj, mv: ModelVersion) -> logic
         if service is not None and service.champion:
             try:
                 record = cluster.get(ModelVersion.api_version(), "ModelVersion", namespace, service.champion)
-                champion = logic.ChampionFacts(name=service.champion, service=service.name,
-                                               metrics=(record.get("spec") or {}).get("metrics") or {})
+                record_spec = record.get("spec") or {}
+                champion = logic.ChampionFacts(
+                    name=service.champion, service=service.name, metrics=record_spec.get("metrics") or {},
+                    top_features=tuple(f.get("feature") for f in record_spec.get("topFeatures") or ()
+                                       if isinstance(f, dict) and isinstance(f.get("feature"), str)))
             except NotFound:
                 champion = None
     return logic.ModelVersionObserved(services=services, champion=champion)

@@ -11,6 +11,7 @@ from ..reconcile import training_run as logic
 from ..reconcile.common import Settings, estimator_problem
 from ..reconcile.plan import Plan
 from . import meta_of, parse, run_sync, settings_from_env, status_phase
+from .registry import versions_of_model
 
 JOB_NAME_LABEL = "job-name"
 
@@ -23,7 +24,9 @@ def observe_training_run(cluster: Cluster, obj: Obj) -> logic.TrainingRunObserve
     try:
         job = cluster.get("batch/v1", "Job", namespace, job_name)
     except NotFound:
-        return logic.TrainingRunObserved()
+        # The Job is about to be created: its config names the family's data contract.
+        model = str((obj.get("spec") or {}).get("model") or "")
+        return logic.TrainingRunObserved(contract=logic.data_contract(versions_of_model(cluster, namespace, model)))
     facts = logic.job_facts(job)
     trainer = None
     if facts.complete or facts.failed:

@@ -41,7 +41,7 @@ from ..api.conditions import (
     rfc3339,
 )
 from ..api.experiment import LEADERBOARD_SIZE, PARETO_SIZE, Experiment, ExperimentStatus, TrialCounts, TrialSummary
-from ..api.ml import Objective
+from ..api.ml import Objective, Validation
 from ..api.naming import trial_name
 from ..search import pareto, propose, trial_budget
 from . import retrain as retraining
@@ -311,6 +311,10 @@ def desired_trial(exp: Experiment, index: int, proposal: Mapping[str, Any]) -> d
         run_spec["crossValidation"] = spec.cross_validation.dump()
     if spec.resources is not None:
         run_spec["resources"] = spec.resources.dump()
+    if spec.validation != Validation():
+        # The trainer applies data, slices and importance; left out when all are defaults,
+        # which the runtime's own defaults equal.
+        run_spec["validation"] = spec.validation.dump()
     return {
         "apiVersion": exp.api_version(),
         "kind": "TrainingRun",

@@ -33,7 +33,19 @@ from ..api.conditions import (
     rfc3339,
 )
 from ..api.experiment import Experiment
-from ..api.ml import DatasetLineage, GateResult, Lineage, Validation, ValidationGate
+from ..api.ml import (
+    DataReportSummary,
+    DatasetLineage,
+    FeatureImportance,
+    GateResult,
+    ImportanceStability,
+    Lineage,
+    Slice,
+    SliceResult,
+    Validation,
+    ValidationGate,
+    greater_is_better,
+)
 from ..api.model_version import (
     REASON_SPEC_IMMUTABLE,
     Artifact,
@@ -79,6 +91,7 @@ class ChampionFacts:
     name: str
     service: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    top_features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,8 +169,79 @@ def evaluate_gate(gate: ValidationGate, metrics: Mapping[str, float], champion: 
     })
 
 
+def evaluate_slice_gate(gate: Slice, recorded: Iterable[SliceResult]) -> GateResult:
+    """The gap between the best and the worst slice of `gate.feature` that has at least
+    `minRows` held-out rows; smaller slices are named, not judged."""
+    entry = next((r for r in recorded if r.feature == gate.feature), None)
+    metric = entry.metric if entry is not None else (gate.metric or "metric")
+    result = GateResult(metric=f"{metric} per {gate.feature}", passed=False, threshold=gate.max_gap)
+    if entry is None:
+        return result.model_copy(update={"message": f"the trainer reported no slices on {gate.feature}"})
+    judged = [v for v in entry.values if v.rows >= entry.min_rows and v.score is not None]
+    small = [v for v in entry.values if v.rows < entry.min_rows]
+    not_judged = (f"; not judged (fewer than {entry.min_rows} rows): "
+                  + ", ".join(f"{v.value} (n={v.rows})" for v in small)) if small else ""
+    if len(judged) < 2:
+        return result.model_copy(update={"passed": True, "message": f"fewer than two slices of {gate.feature} "
+                                         f"with {entry.min_rows}+ rows: nothing to compare{not_judged}"})
+    ranked = sorted(judged, key=lambda v: v.score or 0.0, reverse=greater_is_better(metric))
+    best, worst = ranked[0], ranked[-1]
+    gap = abs((best.score or 0.0) - (worst.score or 0.0))
+    passed = gate.max_gap is None or gap <= gate.max_gap
+    bound = "" if gate.max_gap is None else f" {'<=' if passed else '>'} {gate.max_gap:g}"
+    message = (f"worst {gate.feature}={worst.value} {metric}={worst.score:.4g} (n={worst.rows}), "
+               f"best {gate.feature}={best.value} {metric}={best.score:.4g} (n={best.rows}), "
+               f"gap {gap:.4g}{bound}{not_judged}")
+    return result.model_copy(update={"passed": passed, "value": gap, "message": message})
+
+
+def evaluate_stability_gate(stability: ImportanceStability, top: Iterable[FeatureImportance],
+                            champion: ChampionFacts | None) -> GateResult:
+    """The champion's top features must stay among this version's top k."""
+    result = GateResult(metric="top features", passed=True, champion=champion.name if champion else None)
+    if champion is None:
+        return result.model_copy(update={"message": NO_CHAMPION})
+    if not champion.top_features:
+        return result.model_copy(update={"message": f"champion {champion.name} has no recorded importance: "
+                                          "nothing to compare with"})
+    wanted = champion.top_features[:stability.champion_top]
+    mine = [f.feature for f in top][:stability.within_top_k]
+    lost = [name for name in wanted if name not in mine]
+    shown = ", ".join(mine) or "none recorded"
+    if lost:
+        return result.model_copy(update={"passed": False, "message": (
+            f"champion {champion.name}'s top features {', '.join(lost)} are not among this version's top "
+            f"{stability.within_top_k} ({shown})")})
+    return result.model_copy(update={"message": f"champion {champion.name}'s top {len(wanted)} features are "
+                                     f"among this version's top {stability.within_top_k}"})
+
+
 def evaluate_gates(spec: ModelVersionSpec, champion: ChampionFacts | None) -> list[GateResult]:
-    return [evaluate_gate(gate, spec.metrics, champion) for gate in spec.validation.gates]
+    validation = spec.validation
+    gates = [evaluate_gate(gate, spec.metrics, champion) for gate in validation.gates]
+    gates += [evaluate_slice_gate(s, spec.slices or ()) for s in validation.slices or () if s.max_gap is not None]
+    if validation.importance is not None and validation.importance.stability is not None:
+        gates.append(evaluate_stability_gate(validation.importance.stability, spec.top_features or (), champion))
+    return gates
+
+
+def describe_top_features(top: Iterable[FeatureImportance]) -> str | None:
+    """The status line `kubectl get mv -o wide` shows."""
+    text = ", ".join(f"{f.feature}={f.importance:.3g}" if f.importance is not None else f.feature for f in top)
+    return text or None
+
+
+def describe_data_report(report: DataReportSummary | None) -> str | None:
+    if report is None:
+        return None
+    if report.disabled:
+        return "not checked (validation.data.enabled: false)"
+    against = f" against {report.contract}" if report.contract else " (no contract yet)"
+    text = f"{'passed' if report.passed else 'failed'}{against}"
+    if report.warnings:
+        text += f", {report.warnings} warning{'s' if report.warnings > 1 else ''}: " + ", ".join(
+            p for p in report.problems)
+    return text
 
 
 def serving_role(name: str, services: Iterable[ServiceFacts], old_role: Role) -> tuple[Role, list[ServingRef]]:
@@ -224,7 +308,9 @@ def reconcile(mv: ModelVersion, observed: ModelVersionObserved, now: datetime) -
                 ], generation, now)
                 events.append(Event(REASON_VALIDATED, message))
             status = status.model_copy(update={"phase": phase, "gates": gates, "validated_time": rfc3339(now),
-                                               "message": message})
+                                               "message": message,
+                                               "top_features": describe_top_features(mv.spec.top_features or ()),
+                                               "data_report": describe_data_report(mv.spec.data_report)})
             metrics["model_version_phase"] = phase
         else:
             ok = old.phase == "Validated"
@@ -280,7 +366,10 @@ def desired_model_version(
                 sklearn_version=result.sklearn_version,
                 estimator=spec.estimator,
             ),
-            validation=experiment.spec.validation if experiment is not None else Validation(),
+            validation=experiment.spec.validation if experiment is not None else (spec.validation or Validation()),
+            top_features=result.top_features,
+            slices=result.slices,
+            data_report=result.data_report,
         )
     except ValidationError as error:
         raise ValueError(f"TrainingRun {run.metadata.name} cannot be registered: {_problems(error, 'spec')}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from ..api.conditions import (
     REASON_SUCCEEDED,
     SUCCEEDED,
 )
-from ..api.ml import Signature
+from ..api.ml import DataReportSummary, FeatureImportance, Signature, SliceResult
 from ..api.naming import child_name
 from ..api.training_run import TrainingRun, TrainingRunStatus
 from .common import (
@@ -93,9 +94,56 @@ class TrainerResult:
 
 
 @dataclass(frozen=True)
+class BaselineRef:
+    """A ModelVersion's baseline.json, as the trainer's config names it."""
+
+    version: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """What a new run of the family checks its dataset against: the data schema of the
+    family's first Validated version, and the training distribution of its champion."""
+
+    schema: BaselineRef | None = None
+    reference: BaselineRef | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {key: {"version": ref.version, "uri": ref.uri}
+                for key, ref in (("schema", self.schema), ("reference", self.reference)) if ref is not None}
+
+
+@dataclass(frozen=True)
 class TrainingRunObserved:
     job: JobFacts | None = None
     trainer: TrainerResult | None = None
+    contract: DataContract | None = None
+
+
+def _baseline_ref(version: Mapping[str, Any]) -> BaselineRef | None:
+    uri = ((version.get("spec") or {}).get("artifact") or {}).get("uri")
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        return None
+    return BaselineRef(version["metadata"]["name"], uri.rstrip("/") + "/baseline.json")
+
+
+def data_contract(versions: Iterable[Mapping[str, Any]]) -> DataContract | None:
+    """Condense the family's ModelVersions: the lowest-numbered Validated one fixes the
+    schema; the champion (the newest, if several services serve the family) is the
+    reference. None for a family with neither."""
+    def number(version: Mapping[str, Any]) -> int:
+        value = (version.get("spec") or {}).get("version")
+        return value if isinstance(value, int) else 0
+
+    ordered = sorted(versions, key=number)
+    validated = [v for v in ordered if (v.get("status") or {}).get("phase") == "Validated"]
+    champions = [v for v in validated if (v.get("status") or {}).get("role") == "champion"]
+    schema = _baseline_ref(validated[0]) if validated else None
+    reference = _baseline_ref(champions[-1]) if champions else None
+    if schema is None and reference is None:
+        return None
+    return DataContract(schema, reference)
 
 
 def job_facts(job: dict[str, Any]) -> JobFacts:
@@ -150,7 +198,7 @@ def artifact_prefix(run: TrainingRun) -> str:
     return f"s3://{run.spec.artifacts.bucket}/{namespace}/{run.spec.model}/{run.metadata.name}/"
 
 
-def train_config(run: TrainingRun, settings: Settings) -> dict[str, Any]:
+def train_config(run: TrainingRun, settings: Settings, contract: DataContract | None = None) -> dict[str, Any]:
     """The runtime's config (docs/contracts.md, "Training runtime")."""
     spec = run.spec
     config: dict[str, Any] = {
@@ -173,12 +221,16 @@ def train_config(run: TrainingRun, settings: Settings) -> dict[str, Any]:
         config["metrics"] = list(spec.metrics)
     if spec.cross_validation is not None:
         config["crossValidation"] = spec.cross_validation.dump()
+    if spec.validation is not None:
+        config["validation"] = spec.validation.dump()
+    if contract is not None:
+        config["dataContract"] = contract.config()
     if spec.experiment is None:
         del config["lineage"]["experiment"]
     return config
 
 
-def desired_job(run: TrainingRun, settings: Settings) -> dict[str, Any]:
+def desired_job(run: TrainingRun, settings: Settings, contract: DataContract | None = None) -> dict[str, Any]:
     """The trainer Job (without owner reference: the wiring adopts it)."""
     spec = run.spec
     labels = child_labels("TrainingRun", run.metadata.name, TRAINER_ROLE, spec.model)
@@ -187,7 +239,7 @@ def desired_job(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     secret = spec.artifacts.secret_name
     env: list[dict[str, Any]] = [
         {"name": "MLOPS_TRAIN_CONFIG",
-         "value": json.dumps(train_config(run, settings), sort_keys=True, separators=(",", ":"))},
+         "value": json.dumps(train_config(run, settings, contract), sort_keys=True, separators=(",", ":"))},
     ]
     endpoint = spec.artifacts.endpoint or settings.s3_endpoint
     if endpoint:
@@ -306,6 +358,25 @@ def succeeded_fields(summary: dict[str, Any], run: TrainingRun) -> dict[str, Any
             fields["signature"] = Signature.model_validate(summary["signature"])
         except ValidationError:
             pass  # the signature is optional: the server derives it from the artifact
+    return fields | evidence_fields(summary)
+
+
+def evidence_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The data report, top features and slices the summary carries (each optional: a part
+    the status model refuses is left out, the rest kept)."""
+    fields: dict[str, Any] = {}
+    parts = (("dataReport", "data_report", DataReportSummary, False),
+             ("topFeatures", "top_features", FeatureImportance, True),
+             ("slices", "slices", SliceResult, True))
+    for key, attr, model, many in parts:
+        raw = summary.get(key)
+        try:
+            if many and isinstance(raw, list):
+                fields[attr] = [model.model_validate(item) for item in raw]
+            elif not many and isinstance(raw, dict):
+                fields[attr] = model.model_validate(raw)
+        except ValidationError:
+            continue
     return fields
 
 
@@ -351,7 +422,7 @@ def reconcile(
         conditions = with_conditions(conditions, [(READY, "Unknown", REASON_JOB_CREATED, _waiting(run))],
                                      generation, now)
         status = status.model_copy(update={"phase": "Pending", "conditions": conditions})
-        return Plan(status=status.dump(), children=(desired_job(run, settings),))
+        return Plan(status=status.dump(), children=(desired_job(run, settings, observed.contract),))
     if job.complete:
         outcome = _completed(run, status, conditions, job, observed.trainer, now)
     elif job.failed:
@@ -447,6 +518,7 @@ def _failed(
 ) -> tuple[TrainingRunStatus, list[Condition]]:
     """Phase Failed with the user-facing message; partial metrics are kept."""
     partial = finite_metrics(summary.get("metrics")) if summary else {}
+    status = status.model_copy(update=evidence_fields(summary or {}))
     status = status.model_copy(update={
         "phase": "Failed",
         "failure_reason": reason,
