@@ -20,9 +20,10 @@ CATEGORICAL = "categorical"
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 PROBABILITY_TOLERANCE = 1e-4
+# The largest magnitude the server accepts: ONNX Runtime and scikit-learn's trees compute in
+# float32, where anything larger becomes infinity and the answer nonsense.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-V2_TYPES = V2_NUMERIC_TYPES | {"BYTES", "BOOL"}
 
 
 class InputError(ValueError):
@@ -111,6 +112,18 @@ class Batch:
     def of_matrix(cls, matrix: np.ndarray) -> Batch:
         return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
 
+    def out_of_range(self, signature: Signature) -> tuple[int, str, float] | None:
+        """(row, feature, value) of the first infinite value or one beyond float32's range, or
+        None. NaN is a missing value, not out of range. Two reductions on the common path."""
+        if self.matrix is not None:
+            return _first_out_of_range(self.matrix, signature.names)
+        for feature, column in zip(signature.features, self.columns):
+            if feature.kind == NUMERIC:
+                found = _first_out_of_range(column.reshape(-1, 1), (feature.name,))
+                if found is not None:
+                    return found
+        return None
+
     def has_missing(self, signature: Signature) -> tuple[int, str] | None:
         """(row, feature) of the first missing value, or None."""
         if self.matrix is not None:
@@ -126,6 +139,25 @@ class Batch:
             if missing.any():
                 return int(np.argmax(missing)), feature.name
         return None
+
+
+def _first_out_of_range(matrix: np.ndarray, names: tuple[str, ...]) -> tuple[int, str, float] | None:
+    if -FLOAT32_MAX <= matrix.min() and matrix.max() <= FLOAT32_MAX:  # False when NaN is present
+        return None
+    bad = np.abs(matrix) > FLOAT32_MAX  # NaN compares False: missing, not out of range
+    if not bad.any():
+        return None
+    row, col = np.argwhere(bad)[0]
+    return int(row), names[int(col)], float(matrix[row, col])
+
+
+def check_range(batch: Batch, signature: Signature) -> None:
+    """Refuse (InputError naming the row and feature) what the model would turn into nonsense."""
+    found = batch.out_of_range(signature)
+    if found is not None:
+        row, feature, value = found
+        raise InputError(f"row {row}: feature {feature!r} is {value!r}, outside the range the model computes in "
+                         f"(float32, |x| <= {FLOAT32_MAX:.4g}); send finite numbers (null for a missing value)")
 
 
 # -- request instances -> Batch ----------------------------------------------------------------
@@ -227,88 +259,6 @@ def batch_from_instances(instances: Any, signature: Signature, where: str = "ins
             return Batch.of_matrix(matrix.astype(np.float64, copy=False))
     rows = _check_rows(instances, signature, where)
     columns = _columns_from_rows(rows, signature, where)
-    if signature.all_numeric:
-        return Batch.of_matrix(np.column_stack(columns))
-    return Batch(rows=len(rows), columns=columns)
-
-
-def batch_from_v2_inputs(inputs: Any, signature: Signature) -> Batch:
-    """Open Inference Protocol `inputs`: one 2-D tensor [rows, features], or one 1-D tensor per
-    feature named after it."""
-    if not isinstance(inputs, list) or not inputs:
-        raise InputError("inputs must be a non-empty list of tensors")
-    for k, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or "data" not in tensor or "shape" not in tensor:
-            raise InputError(f"inputs[{k}] must be an object with name, shape, datatype and data")
-        datatype = tensor.get("datatype", "FP64")
-        if datatype not in V2_TYPES:
-            raise InputError(f"inputs[{k}]: unknown datatype {datatype!r}")
-        shape = tensor["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InputError(f"inputs[{k}]: shape must be a list of non-negative integers")
-    names = [t.get("name") for t in inputs]
-    if set(names) & set(signature.names):
-        return _batch_from_v2_columns(inputs, signature)
-    if len(inputs) != 1:
-        raise InputError(f"send one 2-D tensor of all features, or one tensor per feature named "
-                         f"{signature.describe()}; got tensors {names}")
-    return _batch_from_v2_matrix(inputs[0], signature)
-
-
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return [v for part in data for v in _flatten(part)]
-    return data if isinstance(data, list) else [data]
-
-
-def _batch_from_v2_matrix(tensor: dict[str, Any], signature: Signature) -> Batch:
-    shape, width = tensor["shape"], len(signature.features)
-    if len(shape) == 1 and shape[0] == width:
-        shape = [1, width]
-    if len(shape) != 2:
-        raise InputError(f"inputs[0]: expected shape [rows, {width}], got {shape}")
-    if shape[1] != width:
-        raise InputError(f"inputs[0]: expected {width} features ({signature.describe()}), got shape {shape}")
-    if shape[0] == 0:
-        raise InputError("inputs[0] is empty; send at least one row")
-    data = tensor["data"]
-    if signature.all_numeric and tensor.get("datatype", "FP64") in V2_NUMERIC_TYPES:
-        try:
-            matrix = np.asarray(data)
-        except ValueError:
-            matrix = None
-        if matrix is not None and matrix.dtype.kind in "fi" and matrix.size == shape[0] * width:
-            return Batch.of_matrix(matrix.astype(np.float64, copy=False).reshape(shape[0], width))
-    flat = _flatten(data)
-    if len(flat) != shape[0] * width:
-        raise InputError(f"inputs[0]: shape {shape} needs {shape[0] * width} values, got {len(flat)}")
-    rows = [flat[i * width:(i + 1) * width] for i in range(shape[0])]
-    return batch_from_instances(rows, signature, where="inputs[0]")
-
-
-def _batch_from_v2_columns(inputs: list[dict[str, Any]], signature: Signature) -> Batch:
-    by_name = {t.get("name"): t for t in inputs}
-    missing = [n for n in signature.names if n not in by_name]
-    unknown = [n for n in by_name if n not in signature.names]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing feature tensor(s) {', '.join(map(repr, missing))}")
-        if unknown:
-            parts.append(f"unknown tensor(s) {', '.join(map(repr, unknown))}")
-        raise InputError(f"{'; '.join(parts)}; the model takes {signature.describe()}")
-    lengths = set()
-    values_by_feature = []
-    for feature in signature.features:
-        values = _flatten(by_name[feature.name]["data"])
-        lengths.add(len(values))
-        values_by_feature.append(values)
-    if len(lengths) != 1:
-        raise InputError(f"feature tensors have different lengths {sorted(lengths)}; each needs one value per row")
-    rows = list(zip(*values_by_feature))
-    if not rows:
-        raise InputError("inputs are empty; send at least one row")
-    columns = _columns_from_rows([list(r) for r in rows], signature, "inputs")
     if signature.all_numeric:
         return Batch.of_matrix(np.column_stack(columns))
     return Batch(rows=len(rows), columns=columns)
