@@ -51,6 +51,7 @@ from mlops_runtime.http_asgi import (
     respond_json,
     run_uvicorn,
 )
+from mlops_runtime.model_io import labels_follow_probabilities
 from mlops_runtime.serving_feedback import FeedbackBook, FeedbackError
 from mlops_runtime.serving_metrics import ServerMetrics
 from mlops_runtime.serving_model import (
@@ -210,7 +211,7 @@ def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
     if config.onnx_uri and config.onnx_sha256:
         onnx_bytes = reader.verified(config.onnx_uri, config.onnx_sha256)
         try:
-            onnx = OnnxPredictor(onnx_bytes, signature)
+            onnx = OnnxPredictor(onnx_bytes, signature, labels_follow_probabilities(model))
             problem = parity_problem(sk.predict(probe), onnx.predict(probe), signature.task)
         except Exception as error:  # the ONNX form cannot take these inputs: serve skops
             problem = f"ONNX form cannot run here: {error}"

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mlops_runtime.model_io import labels_follow_probabilities, onnx_labels
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 CLASSIFICATION = "classification"
@@ -284,17 +286,6 @@ def _final_step(model: Any) -> Any:
     return steps[-1][1] if steps else model
 
 
-def _predict_is_argmax_of_proba(model: Any) -> bool:
-    """True where scikit-learn's own `predict` is `classes_.take(argmax(predict_proba(X)))` on
-    the same input (forests with one output), so deriving labels from the probabilities gives
-    the same labels by construction. Other estimators decide differently (a decision function,
-    a threshold) and are asked for both."""
-    from sklearn.ensemble._forest import ForestClassifier
-
-    final = _final_step(model)
-    return isinstance(final, ForestClassifier) and getattr(final, "n_outputs_", 1) == 1
-
-
 class SklearnPredictor:
     """The scikit-learn form; fed a float matrix when the model takes one, else a DataFrame."""
 
@@ -306,7 +297,7 @@ class SklearnPredictor:
         self.use_frame = use_frame
         self.final = _final_step(model)
         self.has_proba = signature.task == CLASSIFICATION and hasattr(model, "predict_proba")
-        self.labels_from_proba = self.has_proba and _predict_is_argmax_of_proba(model)
+        self.labels_from_proba = self.has_proba and labels_follow_probabilities(model)
 
     def _input(self, batch: Batch) -> Any:
         if not self.use_frame and batch.matrix is not None:
@@ -331,7 +322,7 @@ class OnnxPredictor:
 
     backend = "onnx"
 
-    def __init__(self, data: bytes, signature: Signature) -> None:
+    def __init__(self, data: bytes, signature: Signature, follow_probabilities: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -354,6 +345,7 @@ class OnnxPredictor:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = outputs
         self.classes = np.asarray(signature.classes) if signature.classes else None
+        self.follow_probabilities = follow_probabilities  # labels from probabilities, ties as scikit-learn
 
     @staticmethod
     def _cast(column: np.ndarray, onnx_type: str) -> np.ndarray:
@@ -376,7 +368,6 @@ class OnnxPredictor:
 
     def predict(self, batch: Batch) -> Prediction:
         outputs = self.session.run(None, self._feeds(batch))
-        labels = np.asarray(outputs[0]).reshape(batch.rows) if len(outputs) else None
         if self.signature.task == REGRESSION:
             return Prediction(labels=np.asarray(outputs[0], dtype=np.float64).reshape(batch.rows), probabilities=None)
         probabilities = None
@@ -387,7 +378,8 @@ class OnnxPredictor:
                 probabilities = np.array([[row[c] for c in order] for row in raw], dtype=np.float64)
             else:
                 probabilities = np.asarray(raw, dtype=np.float64)
-        return Prediction(labels=labels, probabilities=probabilities)
+        labels = onnx_labels([outputs[0], probabilities], self.classes, self.follow_probabilities)
+        return Prediction(labels=labels.reshape(batch.rows), probabilities=probabilities)
 
 
 # -- probing what a fitted model takes --------------------------------------------------------
