@@ -24,7 +24,7 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import CrossValidation, Dataset, Objective, Validation
+from .ml import CrossValidation, Dataset, Objective, PipelineSteps, Validation
 
 LEADERBOARD_SIZE = 10
 RETRAIN_HISTORY = 20
@@ -144,6 +144,7 @@ class ExperimentSpec(ApiModel):
     dataset: Dataset
     estimator: ImportPath
     params: FreeFormObject = Field(default_factory=dict, description="Fixed hyperparameters.")
+    steps: PipelineSteps = Field(default_factory=list)
     search: Search = Field(default_factory=Search)
     objective: Objective = Field(default_factory=Objective)
     metrics: list[MetricName] | None = Field(default=None, description="Metrics to compute (default: all for the task).")

@@ -22,7 +22,7 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import CrossValidation, Dataset, Objective, Signature
+from .ml import CrossValidation, Dataset, Objective, PipelineSteps, Signature
 
 
 class TrainingRunSpec(ApiModel):
@@ -31,6 +31,7 @@ class TrainingRunSpec(ApiModel):
     dataset: Dataset
     estimator: ImportPath
     params: FreeFormObject = Field(default_factory=dict)
+    steps: PipelineSteps = Field(default_factory=list)
     metrics: list[MetricName] | None = None
     objective: Objective | None = Field(
         default=None, description="Objective the value in status.objectiveValue is read from."
