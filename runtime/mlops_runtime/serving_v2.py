@@ -111,11 +111,12 @@ def parse_document(body: bytes, header_length: bytes | None) -> tuple[dict[str, 
 
 
 def request_id_in(doc: dict[str, Any]) -> str | None:
-    """The request's own `id`, echoed exactly as sent (the protocol's rule)."""
+    """The request's own `id`, echoed exactly as sent (the protocol's rule); an empty one is
+    no id (feedback could not tell such requests apart)."""
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"id must be a string, got {type(request_id).__name__}")
-    return request_id
+    return request_id or None
 
 
 def read_request(doc: dict[str, Any], binary: bytes) -> InferRequest:

@@ -303,6 +303,16 @@ def test_binary_without_its_header_says_what_is_missing(stack: dict, target: str
     assert given.json()["outputs"][0]["name"] == "predict"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_id_is_a_string_and_an_empty_one_is_none(stack: dict, target: str) -> None:
+    url = stack[target].url + f"/v2/models/{NAME}/infer"
+    inputs = [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": X[0].tolist()}]
+    number = httpx.post(url, json={"id": 42, "inputs": inputs})
+    assert number.status_code == 400 and "id must be a string, got int" in number.json()["error"]
+    empty = httpx.post(url, json={"id": "", "inputs": inputs})
+    assert empty.status_code == 200 and len(empty.json()["id"]) == 32
+
+
 def test_router_keeps_the_body_id_and_the_variant_header_agrees(stack: dict) -> None:
     url = stack["router"].url + f"/v2/models/{NAME}/infer"
     body = {"id": "through-the-router", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
