@@ -129,6 +129,13 @@ class StepSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """As the config gave it (for lineage.json)."""
+        doc: dict[str, Any] = {"name": self.name, "estimator": self.estimator, "params": dict(self.params)}
+        if self.columns is not None:
+            doc["columns"] = list(self.columns)
+        return doc
+
 
 @dataclass(frozen=True)
 class Step:

@@ -438,6 +438,7 @@ def lineage(config: TrainConfig, data: Any, estimator: Any, started: datetime, f
         "dataset": {"uri": data.uri, "sha256": data.sha256, "rows": data.rows, "target": data.target,
                     "testSize": config.test_size},
         "estimator": config.estimator,
+        "steps": [step.to_json() for step in config.steps],
         "params": config.params,
         "effectiveParams": effective,
         "seed": config.seed,

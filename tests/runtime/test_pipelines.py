@@ -242,3 +242,20 @@ def test_regression_tolerance_is_scaled_to_the_target() -> None:
     session = onnx_session(onnx_bytes)
     predicted = session.run(None, onnx_feeds(session, check.X, list(X.columns)))[0].reshape(-1)
     assert np.max(np.abs(predicted - model.predict(check.X))) > 1e-4  # so the old absolute 1e-4 meant little
+
+
+def test_a_mixed_data_pipeline_with_per_column_steps_has_an_onnx_form_that_passes() -> None:
+    X, y = mixed_frame()
+    labels = (y > y.median()).astype(int)
+    steps = [{"name": "impute", "estimator": "sklearn.impute.SimpleImputer", "params": {"strategy": "median"},
+              "columns": ["area"]},
+             {"name": "scale", "estimator": "sklearn.preprocessing.StandardScaler", "columns": ["area"]},
+             {"name": "poly", "estimator": "sklearn.preprocessing.PolynomialFeatures"}]
+    model = fitted("sklearn.ensemble.RandomForestClassifier", {"n_estimators": 10}, steps, X, labels,
+                   categorical=["city", "energy"])
+    numeric = ["area", "rooms"]
+    check = parity_data(model, X, labels, X, numeric, seed=0)
+    onnx_bytes, parity = convert_and_check(model, X.head(5), check, numeric, sklearn_reference(model, check.X))
+    assert onnx_bytes is not None and parity["passed"] and parity["tieRows"] > 0, parity
+    # one ONNX input per column, as the ColumnTransformer selects them by name
+    assert [i.name for i in onnx_session(onnx_bytes).get_inputs()] == list(X.columns)

@@ -153,6 +153,8 @@ def test_a_pipeline_trains_whole_and_its_onnx_form_passes_parity_with_ties(s3, b
     assert parity["tieRows"] > 0 and parity["outOfRangeRows"] == 8 and parity["labelsIdentical"]
     assert parity["rows"] == metrics["split"]["test"] + parity["tieRows"] + 8
     assert summary["metrics"]["accuracy"] > 0.9  # measured on the test split only
+    lineage = read_json(store, prefix, "lineage.json")
+    assert lineage["steps"] == [{**config["steps"][0], "params": {}}] and lineage["params"] == config["params"]
 
     bad = {**config, "output": prefix + "bad/", "params": {"scale__with_mean": True}}
     code, summary, _, _ = run_cli(bad, s3.env, tmp_path)
