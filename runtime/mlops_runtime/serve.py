@@ -71,6 +71,7 @@ from mlops_runtime.serving_model import (
     quiet_sklearn,
     quiet_sklearn_warnings,
     sklearn_predictor,
+    target_tolerance,
 )
 from mlops_runtime.serving_v2 import (
     BINARY_CONTENT_TYPE,
@@ -212,7 +213,8 @@ def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
         onnx_bytes = reader.verified(config.onnx_uri, config.onnx_sha256)
         try:
             onnx = OnnxPredictor(onnx_bytes, signature, labels_follow_probabilities(model))
-            problem = parity_problem(sk.predict(probe), onnx.predict(probe), signature.task)
+            problem = parity_problem(sk.predict(probe), onnx.predict(probe), signature.task,
+                                     target_tolerance(baseline))
         except Exception as error:  # the ONNX form cannot take these inputs: serve skops
             problem = f"ONNX form cannot run here: {error}"
         if problem is None:

@@ -444,10 +444,27 @@ def accepts_missing(predictor: SklearnPredictor, probe: Batch, signature: Signat
     return True
 
 
-def parity_problem(reference: Prediction, candidate: Prediction, task: str) -> str | None:
-    """Why `candidate` does not answer like `reference` on the probe batch, or None."""
+def target_tolerance(baseline: dict[str, Any] | None) -> float | None:
+    """The trainer's regression parity tolerance (`model_io.regression_tolerance`), from the
+    training target's sample in baseline.json; None when the baseline has none."""
+    from mlops_runtime.model_io import regression_tolerance
+
+    sample = ((baseline or {}).get("target") or {}).get("sample")
+    return regression_tolerance(np.asarray(sample, dtype=np.float64)) if sample else None
+
+
+def parity_problem(reference: Prediction, candidate: Prediction, task: str,
+                   tolerance: float | None = None) -> str | None:
+    """Why `candidate` does not answer like `reference` on the probe batch, or None.
+    Regression: within `tolerance` (scaled to the target), else within 1e-4 absolute and
+    relative."""
     if task == REGRESSION:
-        if not np.allclose(reference.labels.astype(np.float64), candidate.labels, rtol=1e-4, atol=1e-4):
+        expected = reference.labels.astype(np.float64)
+        if tolerance is not None:
+            gap = float(np.max(np.abs(expected - candidate.labels)))
+            if gap > tolerance:
+                return f"ONNX regression outputs differ from scikit-learn's by {gap:.3g} (> {tolerance:.3g})"
+        elif not np.allclose(expected, candidate.labels, rtol=1e-4, atol=1e-4):
             return "ONNX regression outputs differ from scikit-learn's by more than 1e-4"
         return None
     if reference.labels.tolist() != candidate.labels.tolist():

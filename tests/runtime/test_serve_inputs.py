@@ -201,3 +201,18 @@ def test_signature_from_json_refuses_what_it_cannot_serve() -> None:
     signature = Signature.from_json({"task": "classification", "target": "y", "classes": ["a", "b"],
                                      "features": [{"name": "c", "kind": "categorical", "categories": ["x"]}]})
     assert signature.names == ("c",) and not signature.all_numeric
+
+
+def test_the_servers_regression_parity_uses_the_trainers_tolerance() -> None:
+    from mlops_runtime.model_io import regression_tolerance
+    from mlops_runtime.serving_model import Prediction, parity_problem, target_tolerance
+
+    sample = [100_000.0, 300_000.0, 500_000.0]
+    tolerance = target_tolerance({"target": {"kind": "numeric", "sample": sample}})
+    assert tolerance == regression_tolerance(np.array(sample))
+    reference = Prediction(np.array([300_000.0]), None)
+    assert parity_problem(reference, Prediction(np.array([300_000.0 + tolerance / 2]), None),
+                          "regression", tolerance) is None
+    assert "differ from scikit-learn's by" in parity_problem(
+        reference, Prediction(np.array([300_000.0 + tolerance * 2]), None), "regression", tolerance)
+    assert target_tolerance({"target": {"classes": [0, 1]}}) is None and target_tolerance(None) is None
