@@ -420,7 +420,7 @@ class ModelServer:
                 given_id = request_id_in(doc)
                 if given_id is not None:  # the protocol's id is echoed as sent, whatever the headers say
                     request_id = given_id
-                request = read_request(doc, binary)
+                request = read_request(doc, binary, loaded.signature.names)
                 chosen = choose_outputs(loaded.outputs, request)
                 batch = batch_from_tensors(request.inputs, loaded.signature)
             else:

@@ -48,6 +48,23 @@ NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES
 DATATYPES = frozenset(FIXED_DTYPES) | {"BYTES"}
 
 
+class ElementError(InputError):
+    """One element of a tensor does not fit its datatype; `located` names its row and feature
+    once the tensor's layout against the model's features is known."""
+
+    def __init__(self, where: str, index: int, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where, self.index, self.problem = where, index, problem
+
+    def located(self, name: str, shape: list[int], features: tuple[str, ...]) -> InputError:
+        if len(shape) == 2 and features and shape[1] == len(features):  # one [rows, features] tensor
+            row, column = divmod(self.index, shape[1])
+            return InputError(f"{self.where}: row {row}, feature {features[column]!r}: {self.problem}")
+        if name in features:  # one tensor per feature
+            return InputError(f"{self.where}: row {self.index}, feature {name!r}: {self.problem}")
+        return self
+
+
 @dataclass(frozen=True)
 class Tensor:
     """One decoded input: `values` is a numeric array (missing values NaN) for numeric
@@ -119,20 +136,22 @@ def request_id_in(doc: dict[str, Any]) -> str | None:
     return request_id or None
 
 
-def read_request(doc: dict[str, Any], binary: bytes) -> InferRequest:
-    """Checked, decoded tensors and the outputs asked for (InputError naming the problem)."""
+def read_request(doc: dict[str, Any], binary: bytes, features: tuple[str, ...] = ()) -> InferRequest:
+    """Checked, decoded tensors and the outputs asked for (InputError naming the problem, and
+    the row and feature of an element that does not fit its datatype, given the model's
+    `features`)."""
     if "inputs" not in doc:
         raise InputError("missing field 'inputs': send {\"inputs\": [tensors]}")
     parameters = _parameters(doc, "parameters")
     binary_outputs = _flag(parameters, "binary_data_output", "parameters")
-    inputs = _decode_inputs(doc["inputs"], binary)
+    inputs = _decode_inputs(doc["inputs"], binary, features)
     return InferRequest(id=request_id_in(doc), inputs=inputs,
                         outputs=_requested_outputs(doc.get("outputs"), binary_outputs), binary_outputs=binary_outputs)
 
 
-def parse_request(body: bytes, header_length: bytes | None) -> InferRequest:
+def parse_request(body: bytes, header_length: bytes | None, features: tuple[str, ...] = ()) -> InferRequest:
     """A V2 infer request body -> InferRequest."""
-    return read_request(*parse_document(body, header_length))
+    return read_request(*parse_document(body, header_length), features)
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -176,7 +195,7 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
     return requested or None
 
 
-def _decode_inputs(inputs: Any, binary: bytes) -> list[Tensor]:
+def _decode_inputs(inputs: Any, binary: bytes, features: tuple[str, ...]) -> list[Tensor]:
     if not isinstance(inputs, list) or not inputs:
         raise InputError("inputs must be a non-empty list of tensors")
     offset = 0
@@ -215,10 +234,16 @@ def _decode_inputs(inputs: Any, binary: bytes) -> list[Tensor]:
             if offset + binary_size > len(binary):
                 raise InputError(f"{where}: binary_data_size {binary_size} runs past the {len(binary)} bytes "
                                  "of binary data after the JSON header")
-            values = _from_binary(binary[offset:offset + binary_size], datatype, size, where)
+            try:
+                values = _from_binary(binary[offset:offset + binary_size], datatype, size, where)
+            except ElementError as error:
+                raise error.located(name, shape, features) from None
             offset += binary_size
         elif "data" in tensor:
-            values = _from_json(tensor["data"], datatype, size, where)
+            try:
+                values = _from_json(tensor["data"], datatype, size, where)
+            except ElementError as error:
+                raise error.located(name, shape, features) from None
         else:
             raise InputError(f"{where}: missing field 'data' (or parameters.binary_data_size)")
         tensors.append(Tensor(name, datatype, tuple(shape), values, where))
@@ -263,7 +288,7 @@ def _bytes_elements(raw: bytes, size: int, where: str) -> np.ndarray:
 
 def _from_json(data: Any, datatype: str, size: int, where: str) -> np.ndarray:
     if datatype == "BYTES":  # element by element: numpy would turn [1, "a"] into text silently
-        values = np.array([_text(v, where) for v in _flatten(data)], dtype=object)
+        values = np.array([_text(v, where, i) for i, v in enumerate(_flatten(data))], dtype=object)
     else:
         try:
             values = np.asarray(data).reshape(-1)
@@ -279,7 +304,7 @@ def _from_json(data: Any, datatype: str, size: int, where: str) -> np.ndarray:
             raise InputError(f"{where}: datatype BOOL holds true/false, got {_kind_name(values)}")
         return values
     if kind not in "biuf":  # text, nulls, objects: look at what was sent, not numpy's reading of it
-        values = np.array([_number(v, where, datatype) for v in _flatten(data)], dtype=np.float64)
+        values = np.array([_number(v, where, datatype, i) for i, v in enumerate(_flatten(data))], dtype=np.float64)
     if datatype in INTEGER_TYPES:
         _check_integers(values, datatype, where)
     elif datatype != "FP64":  # JSON cannot carry a float64 overflow; Batch.check_range covers the rest
@@ -304,22 +329,22 @@ def _kind_name(values: np.ndarray) -> str:
     return "mixed values"
 
 
-def _text(value: Any, where: str) -> str | None:
+def _text(value: Any, where: str, index: int) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise InputError(f"{where}: datatype BYTES holds strings, got {type(value).__name__} {value!r:.40}; "
-                     "send numeric features as FP64 (or FP32, INT64...)")
+    raise ElementError(where, index, f"datatype BYTES holds strings, got {type(value).__name__} {value!r:.40}; "
+                                     "send numeric features as FP64 (or FP32, INT64...)")
 
 
-def _number(value: Any, where: str, datatype: str) -> float:
+def _number(value: Any, where: str, datatype: str, index: int) -> float:
     if value is None:
         if datatype in INTEGER_TYPES:
-            raise InputError(f"{where}: datatype {datatype} cannot hold null; use FP64 for missing values")
+            raise ElementError(where, index, f"datatype {datatype} cannot hold null; use FP64 for missing values")
         return math.nan
     if isinstance(value, (int, float)):
         return float(value)
-    raise InputError(f"{where}: datatype {datatype} holds numbers, got {type(value).__name__} {value!r:.40}"
-                     + ("; send text as BYTES" if isinstance(value, str) else ""))
+    raise ElementError(where, index, f"datatype {datatype} holds numbers, got {type(value).__name__} {value!r:.40}"
+                       + ("; send text as BYTES" if isinstance(value, str) else ""))
 
 
 def _check_integers(values: np.ndarray, datatype: str, where: str) -> None:
@@ -329,11 +354,13 @@ def _check_integers(values: np.ndarray, datatype: str, where: str) -> None:
     if values.dtype.kind == "f":
         fractional = ~np.isfinite(values) | (values != np.floor(values))
         if fractional.any():
-            raise InputError(f"{where}: datatype {datatype} holds integers, got {float(values[np.argmax(fractional)])!r}")
+            index = int(np.argmax(fractional))
+            raise ElementError(where, index, f"datatype {datatype} holds integers, got {float(values[index])!r}")
     low, high = values.min(), values.max()
     if low < info.min or high > info.max:
-        bad = low if low < info.min else high
-        raise InputError(f"{where}: {bad} is outside the range of {datatype} ({info.min}..{info.max})")
+        index = int(np.argmax((values < info.min) | (values > info.max)))
+        raise ElementError(where, index, f"{values[index]} is outside the range of {datatype} "
+                                         f"({info.min}..{info.max})")
 
 
 def _check_float_range(values: np.ndarray, datatype: str, where: str) -> None:
@@ -346,8 +373,9 @@ def _check_float_range(values: np.ndarray, datatype: str, where: str) -> None:
         return
     bad = ~np.isnan(values) & ~(np.abs(values) <= limit)
     if bad.any():
-        raise InputError(f"{where}: {float(values[np.argmax(bad)])!r} is outside the range of {datatype}; "
-                         "send finite numbers (null for a missing value)")
+        index = int(np.argmax(bad))
+        raise ElementError(where, index, f"{float(values[index])!r} is outside the range of {datatype}; "
+                                         "send finite numbers (null for a missing value)")
 
 
 # -- tensors -> the model's features ---------------------------------------------------------

@@ -27,7 +27,8 @@ MIXED = Signature(task="regression", target="price",
 
 def batch_from_v2_inputs(inputs: object, signature: Signature) -> object:
     """What the server does with a V2 body holding these `inputs`."""
-    return batch_from_tensors(parse_request(orjson.dumps({"inputs": inputs}), None).inputs, signature)
+    return batch_from_tensors(parse_request(orjson.dumps({"inputs": inputs}), None, signature.names).inputs,
+                              signature)
 
 
 def test_rows_and_records_give_the_same_matrix() -> None:
@@ -117,18 +118,24 @@ def test_v2_one_tensor_per_feature() -> None:
     ([{"name": "x", "datatype": "FP64", "data": [1, 2, 3, 4]}], "inputs[0] 'x': missing field 'shape'"),
     ([{"name": "x", "shape": [1, 4], "datatype": "FP64"}], "inputs[0] 'x': missing field 'data'"),
     ([{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": [1, 2, 3, 4]}],
-     "inputs[0] 'x': datatype BYTES holds strings, got int 1"),
+     "inputs[0] 'x': row 0, feature 'sl': datatype BYTES holds strings, got int 1"),
     ([{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["1", "2", "3", "4"]}],
      "the features are numeric but the datatype is BYTES"),
     ([{"name": "x", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 1000]}],
-     "inputs[0] 'x': 1000 is outside the range of INT8 (-128..127)"),
-    ([{"name": "x", "shape": [1, 4], "datatype": "UINT8", "data": [1, 2, 3, -1]}], "outside the range of UINT8"),
+     "inputs[0] 'x': row 0, feature 'pw': 1000 is outside the range of INT8 (-128..127)"),
+    ([{"name": "x", "shape": [2, 4], "datatype": "UINT8", "data": [1, 2, 3, 4, 5, -1, 7, 8]}],
+     "row 1, feature 'sw': -1 is outside the range of UINT8"),
     ([{"name": "x", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4.5]}],
-     "datatype INT64 holds integers, got 4.5"),
+     "feature 'pw': datatype INT64 holds integers, got 4.5"),
     ([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 1e39]}],
-     "inputs[0] 'x': 1e+39 is outside the range of FP32"),
+     "inputs[0] 'x': row 0, feature 'pw': 1e+39 is outside the range of FP32"),
     ([{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, "3", 4]}],
-     "datatype FP64 holds numbers, got str '3'"),
+     "row 0, feature 'pl': datatype FP64 holds numbers, got str '3'"),
+    ([{"name": "pw", "shape": [2], "datatype": "INT8", "data": [1, 300]},
+      {"name": "sl", "shape": [2], "datatype": "FP64", "data": [1, 2]},
+      {"name": "sw", "shape": [2], "datatype": "FP64", "data": [1, 2]},
+      {"name": "pl", "shape": [2], "datatype": "FP64", "data": [1, 2]}],
+     "inputs[0] 'pw': row 1, feature 'pw': 300 is outside the range of INT8"),
     ([{"name": "x", "shape": [1, 4], "datatype": "BOOL", "data": [1, 2, 3, 4]}], "datatype BOOL holds true/false"),
     ([{"name": "sl", "shape": [1], "datatype": "BYTES", "data": ["a"]},
       {"name": "sw", "shape": [1], "datatype": "FP64", "data": [1]},

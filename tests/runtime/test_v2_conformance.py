@@ -277,9 +277,10 @@ async def test_kserve_health_inference_outputs_ids_and_errors(stack: dict, model
     ({"shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}, "inputs[0]: missing field 'name'"),
     ({"name": "x", "shape": [1, 4], "data": [1, 2, 3, 4]}, "inputs[0] 'x': missing field 'datatype'"),
     ({"name": "x", "datatype": "FP64", "data": [1, 2, 3, 4]}, "inputs[0] 'x': missing field 'shape'"),
-    ({"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": [1, 2, 3, 4]}, "datatype BYTES holds strings"),
+    ({"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": [1, 2, 3, 4]},
+     "row 0, feature 'sepal length (cm)': datatype BYTES holds strings"),
     ({"name": "x", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 1000]},
-     "1000 is outside the range of INT8"),
+     "row 0, feature 'petal width (cm)': 1000 is outside the range of INT8"),
     ({"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1e308, 2, 3, 4]},
      "feature 'sepal length (cm)' is 1e+308"),
 ])
