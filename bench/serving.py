@@ -4,8 +4,11 @@
     .venv/bin/python bench/serving.py --quick    # 1 run x 5 s, a smoke test
 
 Every server gets the same model files (iris LogisticRegression; breast_cancer RandomForest of
-100 trees), the same request bytes (an Open Inference Protocol v2 infer body of 1 or 100 rows)
-and the same load generator (`wrk -t1 -c16`). Servers are pinned to CPU 0 with `taskset`, wrk
+100 trees; wine StandardScaler + SVC, a pipeline saved and served as one model), the same
+request bytes (an Open Inference Protocol v2 infer body of 1 or 100 rows, as JSON, and for the
+"binary V2" rows with the tensor in the binary tensor extension, as tritonclient sends it by
+default: FP64 bytes after the JSON header, `Inference-Header-Content-Length`, outputs asked for
+in binary) and the same load generator (`wrk -t1 -c16`). Servers are pinned to CPU 0 with `taskset`, wrk
 to CPU 1. Each cell (model x rows) is measured on every server back to back, run after run, so
 a burst of load from elsewhere hits the servers alike; the medians of the runs are printed as
 a Markdown table.
@@ -15,14 +18,18 @@ Servers:
 - ours (skops form): the same server on the scikit-learn form.
 - MLServer 1.7.1 + mlserver-sklearn, default settings (`parallel_workers` 1), and with
   `parallel_workers` 0 (inference in the HTTP process, its fastest setting here).
-- FastAPI + uvicorn + scikit-learn: a server of a few lines, for reference.
+- FastAPI + uvicorn + scikit-learn: a server of a few lines, for reference (JSON only).
+A binary V2 cell a server refuses (any answer but 200 to the first request) shows as
+"not supported" with its status, rather than as a speed.
 The router's added latency is measured at concurrency 1 and 16: wrk through
 `python -m mlops_runtime.router` to ours (ONNX) against wrk straight to it. The router runs on
 CPU 1 beside wrk (in a cluster it is its own pod), so the model server keeps CPU 0 to itself
 in both measurements.
 
 MLServer pins packages that conflict with ours, so it lives in its own environment under
-`.bench/mlserver` (created on first run; uvloop < 0.22, see PERFORMANCE.md section 8). It loads
+`.bench/mlserver`, which the benchmark creates on its first run with pip from PyPI
+(`mlserver==1.7.1 mlserver-sklearn==1.7.1`, our scikit-learn version; uvloop < 0.22, see
+PERFORMANCE.md section 8); nothing needs installing by hand but wrk. It loads
 pickled (joblib) models: the benchmark writes the same fitted model as joblib for it and for
 the FastAPI reference. Our server loads only the skops and ONNX files. wrk comes from Debian:
 `apt-get update && apt-get install -y wrk`.
@@ -56,7 +63,9 @@ PEER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0",
                  "uvicorn", "joblib"]
 SERVER_CPU, LOAD_CPU = 0, 1
 CONCURRENCY = 16
-MODELS = ("iris", "cancer")
+MODELS = ("iris", "cancer", "wine")
+MODEL_TITLES = {"iris": "iris LR", "cancer": "cancer RF(100)", "wine": "wine scaler+SVC pipeline"}
+ENCODINGS = ("JSON", "binary V2")
 BATCHES = (1, 100)
 
 FASTAPI_REFERENCE = '''
@@ -87,7 +96,13 @@ local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local json_length = os.getenv("BENCH_JSON_LENGTH")
+if json_length then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = json_length
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 '''
 
 
@@ -127,6 +142,7 @@ class ModelFiles:
     onnx_sha: str | None
     features: int
     bodies: dict[int, Path] = field(default_factory=dict)
+    binary_bodies: dict[int, tuple[Path, int]] = field(default_factory=dict)  # body, JSON header length
 
 
 def sha256(path: Path) -> str:
@@ -136,9 +152,12 @@ def sha256(path: Path) -> str:
 def build_models(folder: Path) -> dict[str, ModelFiles]:
     import joblib
     import numpy as np
-    from sklearn.datasets import load_breast_cancer, load_iris
+    from sklearn.datasets import load_breast_cancer, load_iris, load_wine
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
 
     from mlops_runtime import baseline, model_io
 
@@ -146,6 +165,7 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
     for name, loader, estimator in (
         ("iris", load_iris, LogisticRegression(max_iter=1000)),
         ("cancer", load_breast_cancer, RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1)),
+        ("wine", load_wine, Pipeline([("scaler", StandardScaler()), ("svc", SVC())])),
     ):
         X, y = loader(return_X_y=True, as_frame=True)
         model = estimator.fit(X, y)
@@ -155,7 +175,8 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
         joblib.dump(model, target / "model.joblib")  # the peer's format, for the peers only
         numeric = list(X.columns)
         onnx = model_io.to_onnx(model, X.head(5), numeric)
-        parity = model_io.onnx_parity(model, onnx, X, numeric) if onnx else {"passed": False}
+        check = model_io.parity_data(model, X, y, X, numeric, seed=0)  # ties and out-of-range rows too
+        parity = model_io.onnx_parity(model, onnx, check.X, numeric) if onnx else {"passed": False}
         onnx_sha = None
         if parity["passed"]:
             (target / "model.onnx").write_bytes(onnx)
@@ -174,6 +195,13 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
             path = folder / f"{name}-{batch}.json"
             path.write_text(json.dumps(body))
             files.bodies[batch] = path
+            raw = np.ascontiguousarray(picked, dtype="<f8").tobytes()
+            header = json.dumps({"inputs": [{"name": "predict", "shape": [batch, X.shape[1]], "datatype": "FP64",
+                                             "parameters": {"binary_data_size": len(raw)}}],
+                                 "parameters": {"binary_data_output": True}}).encode()
+            binary_path = folder / f"{name}-{batch}.bin"
+            binary_path.write_bytes(header + raw)
+            files.binary_bodies[batch] = (binary_path, len(header))
         made[name] = files
     return made
 
@@ -315,14 +343,33 @@ def parse_wrk(text: str) -> Cell:
     return Cell(rps, percentile("50"), percentile("99"), total_errors)
 
 
-def run_wrk(wrk: str, url: str, body: Path, seconds: float, connections: int, script: Path) -> Cell:
+def run_wrk(wrk: str, url: str, body: Path, seconds: float, connections: int, script: Path,
+            json_length: int | None = None) -> Cell:
     command = ["taskset", "-c", str(LOAD_CPU), wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
                "-s", str(script), url]
-    done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True, text=True,
-                          timeout=seconds + 60)
+    env = {**os.environ, "BENCH_BODY": str(body)}
+    if json_length is not None:
+        env["BENCH_JSON_LENGTH"] = str(json_length)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr}")
     return parse_wrk(done.stdout)
+
+
+def refusal(url: str, body: Path, json_length: int) -> str | None:
+    """None when the server answers a binary V2 request with 200, else what it answered."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body.read_bytes(), method="POST", headers={
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_length)})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return None if response.status == 200 else f"{response.status}"
+    except urllib.error.HTTPError as error:
+        return f"{error.code}"
+    except OSError as error:
+        return type(error).__name__
 
 
 def median_cell(cells: list[Cell]) -> Cell:
@@ -330,11 +377,17 @@ def median_cell(cells: list[Cell]) -> Cell:
                 statistics.median(c.p99_ms for c in cells), sum(c.errors for c in cells))
 
 
-def fmt(cell: Cell | None) -> str:
+def fmt(cell: Cell | str | None) -> str:
     if cell is None:
         return "n/a"
+    if isinstance(cell, str):
+        return cell
     text = f"{cell.rps:,.0f} req/s, p50 {cell.p50_ms:.2f} / p99 {cell.p99_ms:.2f} ms"
     return text + (f" ({cell.errors} errors)" if cell.errors else "")
+
+
+def row_label(server: str, encoding: str) -> str:
+    return server if encoding == "JSON" else f"{server}, binary V2"
 
 
 def load_average() -> str:
@@ -396,18 +449,29 @@ def main(argv: list[str] | None = None) -> int:
             targets["FastAPI + uvicorn + scikit-learn"] = {m: server for m in MODELS}
 
         cells: dict[tuple[str, str, int], list[Cell]] = {}
+        unsupported: dict[tuple[str, str, int], str] = {}
+        rows = [(label, encoding) for label in targets for encoding in ENCODINGS
+                if encoding == "JSON" or not label.startswith("FastAPI")]
         router_cells: dict[tuple[str, int], list[Cell]] = {}
         loads = [load_average()]
         for run in range(runs):
             print(f"run {run + 1}/{runs} (load average {load_average()})", flush=True)
             for model_name in MODELS:  # each cell measured across all servers back to back
                 for batch in BATCHES:
-                    for label, per_model in targets.items():
-                        url = f"{per_model[model_name].url}/v2/models/{model_name}/infer"
-                        body = models[model_name].bodies[batch]
-                        run_wrk(wrk, url, body, 1, CONCURRENCY, script)  # warm-up
-                        cells.setdefault((label, model_name, batch), []).append(
-                            run_wrk(wrk, url, body, seconds, CONCURRENCY, script))
+                    for label, encoding in rows:
+                        url = f"{targets[label][model_name].url}/v2/models/{model_name}/infer"
+                        key = (row_label(label, encoding), model_name, batch)
+                        body, json_length = (models[model_name].bodies[batch], None) if encoding == "JSON" \
+                            else models[model_name].binary_bodies[batch]
+                        if json_length is not None and key not in cells and key not in unsupported:
+                            answer = refusal(url, body, json_length)
+                            if answer is not None:
+                                unsupported[key] = f"not supported (answers {answer})"
+                        if key in unsupported:
+                            continue
+                        run_wrk(wrk, url, body, 1, CONCURRENCY, script, json_length)  # warm-up
+                        cells.setdefault(key, []).append(
+                            run_wrk(wrk, url, body, seconds, CONCURRENCY, script, json_length))
             for connections in (1, CONCURRENCY):
                 for via, base in (("direct", ours["ours (ONNX form)"]["iris"].url), ("router", router.url)):
                     url = f"{base}/v2/models/iris/infer"
@@ -419,17 +483,19 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
 
-    medians = {key: median_cell(value) for key, value in cells.items()}
+    medians: dict[tuple[str, str, int], Cell | str] = {key: median_cell(value) for key, value in cells.items()}
+    medians.update(unsupported)
     router_medians = {key: median_cell(value) for key, value in router_cells.items()}
     print()
     print(f"Serving benchmark: {runs} run(s) x {seconds:g} s per cell, medians; wrk -t1 -c{CONCURRENCY} on CPU "
           f"{LOAD_CPU}, each server on CPU {SERVER_CPU}; load average during the runs: {', '.join(loads)}")
     print()
-    print("| server (one core) | iris LR, 1 row | iris LR, 100 rows | cancer RF(100), 1 row | cancer RF(100), 100 rows |")
-    print("|---|---|---|---|---|")
-    for label in targets:
-        row = [fmt(medians.get((label, m, b))) for m in MODELS for b in BATCHES]
-        print(f"| {label} | " + " | ".join(row) + " |")
+    print("| server (one core) | " + " | ".join(f"{MODEL_TITLES[m]}, {b} row{'s' if b > 1 else ''}"
+                                              for m in MODELS for b in BATCHES) + " |")
+    print("|---" * (1 + len(MODELS) * len(BATCHES)) + "|")
+    for label, encoding in rows:
+        row = [fmt(medians.get((row_label(label, encoding), m, b))) for m in MODELS for b in BATCHES]
+        print(f"| {row_label(label, encoding)} | " + " | ".join(row) + " |")
     print()
     print("| router (iris LR, 1 row, ours ONNX behind it) | direct | through the router | added at p50 |")
     print("|---|---|---|---|")
@@ -439,10 +505,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{routed.p50_ms - direct.p50_ms:+.2f} ms |")
     print()
     verdicts = []
-    best = medians[("ours (ONNX form)", "iris", 1)]
+    best = medians[(row_label("ours (ONNX form)", "JSON"), "iris", 1)]
     for label, factor in (("MLServer 1.7.1 (default, parallel_workers=1)", 5), ("FastAPI + uvicorn + scikit-learn", 2)):
-        peer = medians.get((label, "iris", 1))
-        if peer:
+        peer = medians.get((row_label(label, "JSON"), "iris", 1))
+        if isinstance(peer, Cell):
             verdicts.append(f"iris 1-row: ours {best.rps / peer.rps:.1f}x {label} (target {factor}x)")
     verdicts.append(f"ours p99 at 1 row: {best.p99_ms:.2f} ms (target <= 10 ms)")
     added = router_medians[("router", 1)].p50_ms - router_medians[("direct", 1)].p50_ms
@@ -451,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         print("- " + line)
     args.output.write_text(json.dumps({
         "runs": runs, "seconds": seconds, "load": loads,
-        "cells": [{"server": k[0], "model": k[1], "rows": k[2], **vars(v)} for k, v in medians.items()],
+        "cells": [{"server": k[0], "model": k[1], "rows": k[2], **(vars(v) if isinstance(v, Cell) else {"note": v})}
+                  for k, v in medians.items()],
         "router": [{"via": k[0], "connections": k[1], **vars(v)} for k, v in router_medians.items()],
     }, indent=2))
     print(f"\nresults: {args.output}; server logs: {logs}")

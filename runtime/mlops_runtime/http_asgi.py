@@ -22,7 +22,10 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 REQUEST_ID_HEADER = b"x-request-id"
+# V2 binary tensor extension: the length of the JSON header that precedes the tensor bytes
+INFERENCE_HEADER = b"inference-header-content-length"
 MAX_REQUEST_ID_CHARS = 128
+MAX_ID_HEADER_CHARS = 4096
 
 
 class HttpError(Exception):
@@ -54,6 +57,15 @@ def request_id_of(scope: Scope) -> str:
         if 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
             return text
     return new_request_id()
+
+
+def request_id_header(request_id: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The `x-request-id` response header, when the id can be one: printable ASCII of a sane
+    length. A V2 body id that cannot (a tab, non-ASCII text, kilobytes) is still echoed
+    unchanged in the body's `id`; it is never rewritten, and never smuggled into a header."""
+    if len(request_id) <= MAX_ID_HEADER_CHARS and request_id.isascii() and request_id.isprintable():
+        return ((REQUEST_ID_HEADER, request_id.encode()),)
+    return ()
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -21,6 +21,9 @@ import httptools
 
 MAX_IDLE_SECONDS = 4.0
 MAX_IDLE_CONNECTIONS = 256
+# Response headers a caller relays to its own client: the request id the server settled on,
+# and where the JSON header of a V2 binary-tensor response ends.
+RELAYED_HEADERS = frozenset((b"x-request-id", b"inference-header-content-length"))
 
 
 class UpstreamError(Exception):
@@ -32,6 +35,13 @@ class Response:
     status: int
     body: bytes
     content_type: bytes
+    relayed: tuple[tuple[bytes, bytes], ...] = ()   # the RELAYED_HEADERS the upstream sent
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.relayed:
+            if key == name:
+                return value
+        return None
 
 
 class _Closed(Exception):
@@ -48,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Response] | None = None
         self.parts: list[bytes] = []
         self.content_type = b"application/json"
+        self.relayed: tuple[tuple[bytes, bytes], ...] = ()
         self.got_bytes = False
         self.closed = False
         self.last_used = time.monotonic()
@@ -72,8 +83,11 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
+        lowered = name.lower()
+        if lowered == b"content-type":
             self.content_type = value
+        elif lowered in RELAYED_HEADERS:
+            self.relayed += ((lowered, value),)
 
     def on_body(self, body: bytes) -> None:
         self.parts.append(body)
@@ -81,7 +95,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self.parser.get_status_code(), b"".join(self.parts), self.content_type))
+            waiter.set_result(Response(self.parser.get_status_code(), b"".join(self.parts), self.content_type,
+                                       self.relayed))
         if not self.parser.should_keep_alive():
             self.close()
 
@@ -96,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter = self.loop.create_future()
         self.parts = []
         self.content_type = b"application/json"
+        self.relayed = ()
         self.got_bytes = False
         timer = self.loop.call_later(timeout, self._fail, asyncio.TimeoutError())
         try:

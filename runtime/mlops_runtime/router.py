@@ -43,6 +43,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mlops_runtime.http_client import Response, UpstreamError, UpstreamPool
 from mlops_runtime.http_asgi import (
+    INFERENCE_HEADER,
     JSON,
     HttpError,
     Receive,
@@ -150,19 +151,32 @@ def sticky_turn(value: bytes, weight: float) -> bool:
     return sticky_bucket(value) < weight
 
 
-def predictions_of(body: bytes) -> Any:
-    """The predictions in a /predict or V2 infer response body, or None."""
+def predictions_of(body: bytes, header_length: bytes | None = None) -> Any:
+    """The predictions in a /predict or V2 infer response body, or None. A V2 response with
+    binary outputs (`header_length` from its Inference-Header-Content-Length) gives the raw
+    bytes of its `predict` output, which compare as well as the values."""
+    head = body
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            return None
+        head = body[:int(header_length)]
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(head)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(doc, dict):
         return None
     if "predictions" in doc:
         return doc["predictions"]
+    offset = len(head)
     for output in doc.get("outputs") or []:
-        if isinstance(output, dict) and output.get("name") == "predict":
-            return output.get("data")
+        if not isinstance(output, dict):
+            return None
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if output.get("name") == "predict":
+            return output.get("data") if size is None else body[offset:offset + size]
+        if isinstance(size, int):
+            offset += size
     return None
 
 
@@ -364,10 +378,11 @@ class Router:
         try:
             answer = await self.pool.call("GET", self.config.champion, "/v2/health/ready", None, {})
         except UpstreamError as error:
-            return await respond_json(send, 503, {"ready": False, "reason": f"champion unreachable: {error}"})
+            return await respond_json(send, 400, {"ready": False, "reason": f"champion unreachable: {error}"})
         if answer.status == 200:
             return await respond_json(send, 200, {"ready": True, "champion": self.config.champion})
-        await respond_json(send, 503, {"ready": False, "reason": f"champion not ready ({answer.status})",
+        # 4xx: what the V2 protocol (and tritonclient) read as "not ready", as the model server does
+        await respond_json(send, 400, {"ready": False, "reason": f"champion not ready ({answer.status})",
                                        "champion": answer.body.decode(errors="replace")[:500]})
 
     async def pass_to_champion(self, scope: Scope, send: Send, path: str) -> None:
@@ -403,8 +418,13 @@ class Router:
         path = scope["path"]
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
+        # The body is passed on untouched: a V2 body's `id` reaches the server, which echoes it
+        # (the header below is the id only for a body without one).
         headers = {"content-type": (header(scope, b"content-type") or JSON).decode("latin-1"),
                    "x-request-id": request_id}
+        binary_header = header(scope, INFERENCE_HEADER)
+        if binary_header is not None:
+            headers["inference-header-content-length"] = binary_header.decode("latin-1")
         variant = self.choose(config, scope)
         if variant == CHALLENGER:
             if self.challenger_healthy:
@@ -412,7 +432,7 @@ class Router:
                     answer = await self.pool.call("POST", config.challenger, path, body, headers)
                     self.metrics.answered(CHALLENGER, answer.status, time.perf_counter() - started)
                     if answer.status < 500:
-                        return await self._answer(send, answer, CHALLENGER, rid_header)
+                        return await self._answer(send, answer, CHALLENGER)
                     self.log_fallback(f"challenger answered {answer.status}")
                 except UpstreamError as error:
                     self.metrics.answered(CHALLENGER, 502, time.perf_counter() - started)
@@ -426,9 +446,9 @@ class Router:
             return await respond_json(send, 502, error_body(502, f"champion unreachable: {error}", request_id),
                                       (rid_header,))
         self.metrics.answered(CHAMPION, answer.status, time.perf_counter() - started)
-        await self._answer(send, answer, CHAMPION, rid_header)
+        await self._answer(send, answer, CHAMPION)
         if config.mode == SHADOW and config.challenger and answer.status < 300:
-            self._mirror(config.challenger, path, body, headers, answer.body)
+            self._mirror(config.challenger, path, body, headers, answer)
 
     def log_fallback(self, why: str) -> None:
         """At most one line per `FALLBACK_LOG_SECONDS`: a broken challenger must not flood the log."""
@@ -437,20 +457,23 @@ class Router:
             self.last_fallback_log = now
             log.warning("%s; its requests are answered by the champion (see mlops_router_fallbacks_total)", why)
 
-    async def _answer(self, send: Send, answer: Response, variant: str, rid_header: tuple[bytes, bytes]) -> None:
+    async def _answer(self, send: Send, answer: Response, variant: str) -> None:
+        """The variant's answer as it gave it: its `x-request-id` is the id it settled on (a V2
+        body's own `id` wins over the header), and a binary V2 answer keeps its
+        Inference-Header-Content-Length."""
         await respond(send, answer.status, answer.body, answer.content_type,
-                      (rid_header, (b"x-mlops-variant", variant.encode())))
+                      (*answer.relayed, (b"x-mlops-variant", variant.encode())))
 
-    def _mirror(self, url: str, path: str, body: bytes, headers: dict[str, str], champion_body: bytes) -> None:
+    def _mirror(self, url: str, path: str, body: bytes, headers: dict[str, str], champion: Response) -> None:
         if not self.challenger_healthy or len(self.shadow_tasks) >= MAX_SHADOW_IN_FLIGHT:
             self.metrics.shadow_outcome("error")
             return
-        task = asyncio.create_task(self._shadow(url, path, body, headers, champion_body))
+        task = asyncio.create_task(self._shadow(url, path, body, headers, champion))
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
     async def _shadow(self, url: str, path: str, body: bytes, headers: dict[str, str],
-                      champion_body: bytes) -> None:
+                      champion: Response) -> None:
         try:
             answer = await self.pool.call("POST", url, path, body, headers)
         except UpstreamError:
@@ -460,7 +483,8 @@ class Router:
         if answer.status >= 300:
             self.metrics.shadow_outcome("error")
             return
-        expected, got = predictions_of(champion_body), predictions_of(answer.body)
+        expected = predictions_of(champion.body, champion.header(INFERENCE_HEADER))
+        got = predictions_of(answer.body, answer.header(INFERENCE_HEADER))
         if got is None:
             self.metrics.shadow_outcome("error")
         else:

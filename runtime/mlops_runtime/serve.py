@@ -34,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mlops_runtime import drift as drift_mod
 from mlops_runtime.http_asgi import (
-    REQUEST_ID_HEADER,
+    INFERENCE_HEADER,
     HttpError,
     Receive,
     Scope,
@@ -45,11 +45,13 @@ from mlops_runtime.http_asgi import (
     lifespan,
     parse_json,
     read_body,
+    request_id_header,
     request_id_of,
     respond,
     respond_json,
     run_uvicorn,
 )
+from mlops_runtime.model_io import labels_follow_probabilities
 from mlops_runtime.serving_feedback import FeedbackBook, FeedbackError
 from mlops_runtime.serving_metrics import ServerMetrics
 from mlops_runtime.serving_model import (
@@ -63,12 +65,24 @@ from mlops_runtime.serving_model import (
     SklearnPredictor,
     accepts_missing,
     batch_from_instances,
-    batch_from_v2_inputs,
+    check_range,
     parity_problem,
     probe_batch,
     quiet_sklearn,
     quiet_sklearn_warnings,
     sklearn_predictor,
+    target_tolerance,
+)
+from mlops_runtime.serving_v2 import (
+    BINARY_CONTENT_TYPE,
+    OutputTensor,
+    batch_from_tensors,
+    choose_outputs,
+    encode_response,
+    output_names,
+    parse_document,
+    read_request,
+    request_id_in,
 )
 
 log = logging.getLogger("mlops_runtime.serve")
@@ -175,6 +189,7 @@ class LoadedModel:
     fallback: SklearnPredictor   # takes what the ONNX form cannot (missing values)
     accepts_missing: bool
     note: str                    # why this backend was chosen
+    outputs: tuple[str, ...]     # the V2 output names, in order
 
 
 def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
@@ -191,13 +206,15 @@ def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
     probe = probe_batch(signature, baseline)
     sk = sklearn_predictor(model, signature, probe)
     missing_ok = accepts_missing(sk, probe, signature)
+    outputs = output_names(sk.predict(probe).probabilities is not None)
     predictor: Predictor = sk
     note = "scikit-learn form (no ONNX form given)"
     if config.onnx_uri and config.onnx_sha256:
         onnx_bytes = reader.verified(config.onnx_uri, config.onnx_sha256)
         try:
-            onnx = OnnxPredictor(onnx_bytes, signature)
-            problem = parity_problem(sk.predict(probe), onnx.predict(probe), signature.task)
+            onnx = OnnxPredictor(onnx_bytes, signature, labels_follow_probabilities(model))
+            problem = parity_problem(sk.predict(probe), onnx.predict(probe), signature.task,
+                                     target_tolerance(baseline))
         except Exception as error:  # the ONNX form cannot take these inputs: serve skops
             problem = f"ONNX form cannot run here: {error}"
         if problem is None:
@@ -205,7 +222,7 @@ def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
         else:
             note = f"scikit-learn form: {problem}"
             log.warning("not serving the ONNX form: %s", problem)
-    return LoadedModel(signature, baseline, predictor, sk, missing_ok, note)
+    return LoadedModel(signature, baseline, predictor, sk, missing_ok, note, outputs)
 
 
 # -- the ASGI application ------------------------------------------------------------------------
@@ -323,27 +340,35 @@ class ModelServer:
                 return await self._plain_error(send, 405, "use POST /feedback")
             return await self.post_feedback(scope, receive, send)
         if path in ("/v2", "/v2/"):
-            return await respond_json(send, 200, {"name": "mlops-runtime", "version": "0.1.0", "extensions": []})
+            return await respond_json(send, 200, {"name": "mlops-runtime", "version": "0.1.0",
+                                                  "extensions": ["binary_tensor_data"]})
         await self._plain_error(send, 404, f"no route {method} {path}")
 
     async def _plain_error(self, send: Send, status: int, message: str) -> None:
         await respond_json(send, status, error_body(status, message))
 
     async def ready(self, send: Send) -> None:
+        """200 when ready; 400 when not, which the protocol reads as false (tritonclient's
+        is_server_ready and is_model_ready, KServe's is_model_ready return False) and a
+        Kubernetes readiness probe as a failure."""
         if self.loaded is not None:
             await respond_json(send, 200, {"ready": True, **self.identity, "backend": self.loaded.predictor.backend})
         else:
-            await respond_json(send, 503, {"ready": False, **self.identity, "reason": self.not_ready_reason})
+            await respond_json(send, 400, {"ready": False, **self.identity, "reason": self.not_ready_reason})
 
     async def v2_model(self, scope: Scope, receive: Receive, send: Send, rest: str, method: str) -> None:
         parts = rest.split("/")
         name = parts[0]
         tail = parts[1:]
-        if len(tail) >= 2 and tail[0] == "versions":
-            tail = tail[2:]
         if name != self.config.name:
             return await self._plain_error(send, 404, f"model {name!r} is not served here; this server serves "
                                                       f"{self.config.name!r}")
+        if tail[:1] == ["versions"]:
+            version = tail[1] if len(tail) > 1 else ""
+            if version != self.config.version:
+                return await self._plain_error(send, 404, f"model {name!r} version {version!r} is not served here; "
+                                                          f"this server serves version {self.config.version!r}")
+            tail = tail[2:]
         if tail == ["infer"]:
             if method != "POST":
                 return await self._plain_error(send, 405, "use POST .../infer")
@@ -364,7 +389,7 @@ class ModelServer:
                                   **({"categories": list(f.categories)} if f.categories else {})}}
                   for f in signature.features]
         outputs = [{"name": "predict", "datatype": _v2_datatype(signature), "shape": [-1]}]
-        if signature.task == CLASSIFICATION:
+        if "predict_proba" in loaded.outputs:
             outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(signature.classes)]})
         await respond_json(send, 200, {
             "name": self.config.name,
@@ -389,28 +414,35 @@ class ModelServer:
             loaded = self.loaded
             if loaded is None:
                 raise HttpError(503, f"model not ready: {self.not_ready_reason}")
-            doc = parse_json(await read_body(scope, receive, self.config.max_body_bytes))
-            if not isinstance(doc, dict):
-                raise HttpError(400, "request body must be a JSON object")
+            body = await read_body(scope, receive, self.config.max_body_bytes)
             if v2:
-                if "inputs" not in doc:
-                    raise HttpError(400, "missing field 'inputs': send {\"inputs\": [tensors]}")
-                given_id = doc.get("id")  # the protocol's own request id, when no header gave one
-                if isinstance(given_id, str) and 0 < len(given_id) <= 128 and given_id.isprintable() \
-                        and header(scope, REQUEST_ID_HEADER) is None:
+                doc, binary = parse_document(body, header(scope, INFERENCE_HEADER))
+                given_id = request_id_in(doc)
+                if given_id is not None:  # the protocol's id is echoed as sent, whatever the headers say
                     request_id = given_id
-                batch = batch_from_v2_inputs(doc["inputs"], loaded.signature)
+                request = read_request(doc, binary, loaded.signature.names)
+                chosen = choose_outputs(loaded.outputs, request)
+                batch = batch_from_tensors(request.inputs, loaded.signature)
             else:
+                doc = parse_json(body)
+                if not isinstance(doc, dict):
+                    raise HttpError(400, "request body must be a JSON object")
                 if "instances" not in doc:
                     raise HttpError(400, "missing field 'instances': send {\"instances\": [rows or records]}")
                 batch = batch_from_instances(doc["instances"], loaded.signature)
             prediction = self._predict(loaded, batch)
             labels = prediction.labels.tolist()
             self._record(loaded, request_id, batch, prediction, labels)
-            body = self._v2_response(loaded, request_id, prediction, labels) if v2 else \
-                self._predict_response(loaded, request_id, prediction, labels)
-            await respond(send, 200, orjson.dumps(body, option=ORJSON_OPTIONS),
-                          extra_headers=((b"x-request-id", request_id.encode()),))
+            headers = request_id_header(request_id)
+            if v2:
+                payload, header_length = self._v2_response(loaded, request_id, prediction, labels, chosen)
+                if header_length is not None:
+                    return await respond(send, 200, payload, BINARY_CONTENT_TYPE,
+                                         (*headers, (INFERENCE_HEADER, str(header_length).encode())))
+            else:
+                payload = orjson.dumps(self._predict_response(loaded, request_id, prediction, labels),
+                                       option=ORJSON_OPTIONS)
+            await respond(send, 200, payload, extra_headers=headers)
         except HttpError as error:
             code = error.status
             await self._inference_error(send, code, error.message, request_id)
@@ -419,7 +451,7 @@ class ModelServer:
             await self._inference_error(send, code, str(error), request_id)
         except Exception:
             code = 500
-            log.exception("inference failed (request %s)", request_id)
+            log.exception("inference failed (request %.200s)", request_id)
             await self._inference_error(send, code, "internal error while predicting; see the server log",
                                         request_id)
         finally:
@@ -428,9 +460,10 @@ class ModelServer:
 
     async def _inference_error(self, send: Send, status: int, message: str, request_id: str) -> None:
         await respond_json(send, status, error_body(status, message, request_id),
-                           extra_headers=((b"x-request-id", request_id.encode()),))
+                           extra_headers=request_id_header(request_id))
 
     def _predict(self, loaded: LoadedModel, batch: Batch) -> Prediction:
+        check_range(batch, loaded.signature)
         missing = batch.has_missing(loaded.signature)
         predictor = loaded.predictor
         if missing is not None:
@@ -462,19 +495,20 @@ class ModelServer:
         body["request_id"] = request_id
         return body
 
-    def _v2_response(self, loaded: LoadedModel, request_id: str, prediction: Prediction,
-                     labels: list[Any]) -> dict[str, Any]:
-        rows = len(labels)
-        outputs: list[dict[str, Any]] = [
-            {"name": "predict", "datatype": _v2_datatype(loaded.signature, labels), "shape": [rows], "data": labels}
-        ]
-        if prediction.probabilities is not None:
-            probabilities = np.ascontiguousarray(prediction.probabilities, dtype=np.float64)
-            outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": list(probabilities.shape),
-                            "data": probabilities.ravel(),
-                            "parameters": {"classes": list(loaded.signature.classes)}})
-        return {"model_name": self.config.name, "model_version": self.config.version, "id": request_id,
-                "parameters": {"role": self.config.role, "request_id": request_id}, "outputs": outputs}
+    def _v2_response(self, loaded: LoadedModel, request_id: str, prediction: Prediction, labels: list[Any],
+                     chosen: list[tuple[str, bool]]) -> tuple[bytes, int | None]:
+        outputs = []
+        for name, binary in chosen:
+            if name == "predict":
+                tensor = OutputTensor(name, _v2_datatype(loaded.signature, labels), [len(labels)], labels)
+            else:
+                probabilities = np.ascontiguousarray(prediction.probabilities, dtype=np.float64)
+                tensor = OutputTensor(name, "FP64", list(probabilities.shape), probabilities.ravel(),
+                                      {"classes": list(loaded.signature.classes)})
+            outputs.append((tensor, binary))
+        header = {"model_name": self.config.name, "model_version": self.config.version, "id": request_id,
+                  "parameters": {"role": self.config.role, "request_id": request_id}}
+        return encode_response(header, outputs, ORJSON_OPTIONS)
 
     # feedback
 

@@ -15,14 +15,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mlops_runtime.model_io import labels_follow_probabilities, onnx_labels
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 PROBABILITY_TOLERANCE = 1e-4
+# The largest magnitude the server accepts: ONNX Runtime and scikit-learn's trees compute in
+# float32, where anything larger becomes infinity and the answer nonsense.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-V2_NUMERIC_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-V2_TYPES = V2_NUMERIC_TYPES | {"BYTES", "BOOL"}
 
 
 class InputError(ValueError):
@@ -111,6 +114,18 @@ class Batch:
     def of_matrix(cls, matrix: np.ndarray) -> Batch:
         return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
 
+    def out_of_range(self, signature: Signature) -> tuple[int, str, float] | None:
+        """(row, feature, value) of the first infinite value or one beyond float32's range, or
+        None. NaN is a missing value, not out of range. Two reductions on the common path."""
+        if self.matrix is not None:
+            return _first_out_of_range(self.matrix, signature.names)
+        for feature, column in zip(signature.features, self.columns):
+            if feature.kind == NUMERIC:
+                found = _first_out_of_range(column.reshape(-1, 1), (feature.name,))
+                if found is not None:
+                    return found
+        return None
+
     def has_missing(self, signature: Signature) -> tuple[int, str] | None:
         """(row, feature) of the first missing value, or None."""
         if self.matrix is not None:
@@ -126,6 +141,25 @@ class Batch:
             if missing.any():
                 return int(np.argmax(missing)), feature.name
         return None
+
+
+def _first_out_of_range(matrix: np.ndarray, names: tuple[str, ...]) -> tuple[int, str, float] | None:
+    if -FLOAT32_MAX <= matrix.min() and matrix.max() <= FLOAT32_MAX:  # False when NaN is present
+        return None
+    bad = np.abs(matrix) > FLOAT32_MAX  # NaN compares False: missing, not out of range
+    if not bad.any():
+        return None
+    row, col = np.argwhere(bad)[0]
+    return int(row), names[int(col)], float(matrix[row, col])
+
+
+def check_range(batch: Batch, signature: Signature) -> None:
+    """Refuse (InputError naming the row and feature) what the model would turn into nonsense."""
+    found = batch.out_of_range(signature)
+    if found is not None:
+        row, feature, value = found
+        raise InputError(f"row {row}: feature {feature!r} is {value!r}, outside the range the model computes in "
+                         f"(float32, |x| <= {FLOAT32_MAX:.4g}); send finite numbers (null for a missing value)")
 
 
 # -- request instances -> Batch ----------------------------------------------------------------
@@ -232,88 +266,6 @@ def batch_from_instances(instances: Any, signature: Signature, where: str = "ins
     return Batch(rows=len(rows), columns=columns)
 
 
-def batch_from_v2_inputs(inputs: Any, signature: Signature) -> Batch:
-    """Open Inference Protocol `inputs`: one 2-D tensor [rows, features], or one 1-D tensor per
-    feature named after it."""
-    if not isinstance(inputs, list) or not inputs:
-        raise InputError("inputs must be a non-empty list of tensors")
-    for k, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict) or "data" not in tensor or "shape" not in tensor:
-            raise InputError(f"inputs[{k}] must be an object with name, shape, datatype and data")
-        datatype = tensor.get("datatype", "FP64")
-        if datatype not in V2_TYPES:
-            raise InputError(f"inputs[{k}]: unknown datatype {datatype!r}")
-        shape = tensor["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InputError(f"inputs[{k}]: shape must be a list of non-negative integers")
-    names = [t.get("name") for t in inputs]
-    if set(names) & set(signature.names):
-        return _batch_from_v2_columns(inputs, signature)
-    if len(inputs) != 1:
-        raise InputError(f"send one 2-D tensor of all features, or one tensor per feature named "
-                         f"{signature.describe()}; got tensors {names}")
-    return _batch_from_v2_matrix(inputs[0], signature)
-
-
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return [v for part in data for v in _flatten(part)]
-    return data if isinstance(data, list) else [data]
-
-
-def _batch_from_v2_matrix(tensor: dict[str, Any], signature: Signature) -> Batch:
-    shape, width = tensor["shape"], len(signature.features)
-    if len(shape) == 1 and shape[0] == width:
-        shape = [1, width]
-    if len(shape) != 2:
-        raise InputError(f"inputs[0]: expected shape [rows, {width}], got {shape}")
-    if shape[1] != width:
-        raise InputError(f"inputs[0]: expected {width} features ({signature.describe()}), got shape {shape}")
-    if shape[0] == 0:
-        raise InputError("inputs[0] is empty; send at least one row")
-    data = tensor["data"]
-    if signature.all_numeric and tensor.get("datatype", "FP64") in V2_NUMERIC_TYPES:
-        try:
-            matrix = np.asarray(data)
-        except ValueError:
-            matrix = None
-        if matrix is not None and matrix.dtype.kind in "fi" and matrix.size == shape[0] * width:
-            return Batch.of_matrix(matrix.astype(np.float64, copy=False).reshape(shape[0], width))
-    flat = _flatten(data)
-    if len(flat) != shape[0] * width:
-        raise InputError(f"inputs[0]: shape {shape} needs {shape[0] * width} values, got {len(flat)}")
-    rows = [flat[i * width:(i + 1) * width] for i in range(shape[0])]
-    return batch_from_instances(rows, signature, where="inputs[0]")
-
-
-def _batch_from_v2_columns(inputs: list[dict[str, Any]], signature: Signature) -> Batch:
-    by_name = {t.get("name"): t for t in inputs}
-    missing = [n for n in signature.names if n not in by_name]
-    unknown = [n for n in by_name if n not in signature.names]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing feature tensor(s) {', '.join(map(repr, missing))}")
-        if unknown:
-            parts.append(f"unknown tensor(s) {', '.join(map(repr, unknown))}")
-        raise InputError(f"{'; '.join(parts)}; the model takes {signature.describe()}")
-    lengths = set()
-    values_by_feature = []
-    for feature in signature.features:
-        values = _flatten(by_name[feature.name]["data"])
-        lengths.add(len(values))
-        values_by_feature.append(values)
-    if len(lengths) != 1:
-        raise InputError(f"feature tensors have different lengths {sorted(lengths)}; each needs one value per row")
-    rows = list(zip(*values_by_feature))
-    if not rows:
-        raise InputError("inputs are empty; send at least one row")
-    columns = _columns_from_rows([list(r) for r in rows], signature, "inputs")
-    if signature.all_numeric:
-        return Batch.of_matrix(np.column_stack(columns))
-    return Batch(rows=len(rows), columns=columns)
-
-
 # -- running the model ------------------------------------------------------------------------
 
 
@@ -334,17 +286,6 @@ def _final_step(model: Any) -> Any:
     return steps[-1][1] if steps else model
 
 
-def _predict_is_argmax_of_proba(model: Any) -> bool:
-    """True where scikit-learn's own `predict` is `classes_.take(argmax(predict_proba(X)))` on
-    the same input (forests with one output), so deriving labels from the probabilities gives
-    the same labels by construction. Other estimators decide differently (a decision function,
-    a threshold) and are asked for both."""
-    from sklearn.ensemble._forest import ForestClassifier
-
-    final = _final_step(model)
-    return isinstance(final, ForestClassifier) and getattr(final, "n_outputs_", 1) == 1
-
-
 class SklearnPredictor:
     """The scikit-learn form; fed a float matrix when the model takes one, else a DataFrame."""
 
@@ -356,7 +297,7 @@ class SklearnPredictor:
         self.use_frame = use_frame
         self.final = _final_step(model)
         self.has_proba = signature.task == CLASSIFICATION and hasattr(model, "predict_proba")
-        self.labels_from_proba = self.has_proba and _predict_is_argmax_of_proba(model)
+        self.labels_from_proba = self.has_proba and labels_follow_probabilities(model)
 
     def _input(self, batch: Batch) -> Any:
         if not self.use_frame and batch.matrix is not None:
@@ -381,7 +322,7 @@ class OnnxPredictor:
 
     backend = "onnx"
 
-    def __init__(self, data: bytes, signature: Signature) -> None:
+    def __init__(self, data: bytes, signature: Signature, follow_probabilities: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -404,6 +345,7 @@ class OnnxPredictor:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = outputs
         self.classes = np.asarray(signature.classes) if signature.classes else None
+        self.follow_probabilities = follow_probabilities  # labels from probabilities, ties as scikit-learn
 
     @staticmethod
     def _cast(column: np.ndarray, onnx_type: str) -> np.ndarray:
@@ -426,7 +368,6 @@ class OnnxPredictor:
 
     def predict(self, batch: Batch) -> Prediction:
         outputs = self.session.run(None, self._feeds(batch))
-        labels = np.asarray(outputs[0]).reshape(batch.rows) if len(outputs) else None
         if self.signature.task == REGRESSION:
             return Prediction(labels=np.asarray(outputs[0], dtype=np.float64).reshape(batch.rows), probabilities=None)
         probabilities = None
@@ -437,7 +378,8 @@ class OnnxPredictor:
                 probabilities = np.array([[row[c] for c in order] for row in raw], dtype=np.float64)
             else:
                 probabilities = np.asarray(raw, dtype=np.float64)
-        return Prediction(labels=labels, probabilities=probabilities)
+        labels = onnx_labels([outputs[0], probabilities], self.classes, self.follow_probabilities)
+        return Prediction(labels=labels.reshape(batch.rows), probabilities=probabilities)
 
 
 # -- probing what a fitted model takes --------------------------------------------------------
@@ -502,10 +444,27 @@ def accepts_missing(predictor: SklearnPredictor, probe: Batch, signature: Signat
     return True
 
 
-def parity_problem(reference: Prediction, candidate: Prediction, task: str) -> str | None:
-    """Why `candidate` does not answer like `reference` on the probe batch, or None."""
+def target_tolerance(baseline: dict[str, Any] | None) -> float | None:
+    """The trainer's regression parity tolerance (`model_io.regression_tolerance`), from the
+    training target's sample in baseline.json; None when the baseline has none."""
+    from mlops_runtime.model_io import regression_tolerance
+
+    sample = ((baseline or {}).get("target") or {}).get("sample")
+    return regression_tolerance(np.asarray(sample, dtype=np.float64)) if sample else None
+
+
+def parity_problem(reference: Prediction, candidate: Prediction, task: str,
+                   tolerance: float | None = None) -> str | None:
+    """Why `candidate` does not answer like `reference` on the probe batch, or None.
+    Regression: within `tolerance` (scaled to the target), else within 1e-4 absolute and
+    relative."""
     if task == REGRESSION:
-        if not np.allclose(reference.labels.astype(np.float64), candidate.labels, rtol=1e-4, atol=1e-4):
+        expected = reference.labels.astype(np.float64)
+        if tolerance is not None:
+            gap = float(np.max(np.abs(expected - candidate.labels)))
+            if gap > tolerance:
+                return f"ONNX regression outputs differ from scikit-learn's by {gap:.3g} (> {tolerance:.3g})"
+        elif not np.allclose(expected, candidate.labels, rtol=1e-4, atol=1e-4):
             return "ONNX regression outputs differ from scikit-learn's by more than 1e-4"
         return None
     if reference.labels.tolist() != candidate.labels.tolist():

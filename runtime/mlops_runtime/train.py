@@ -29,7 +29,7 @@ CONFIG_ENV = "MLOPS_TRAIN_CONFIG"
 EXIT_INTERNAL_ERROR = 1
 KNOWN_KEYS = frozenset({
     "dataset", "estimator", "params", "metrics", "seed", "crossValidation", "output", "onnx",
-    "allowedEstimators", "lineage", "task", "objective", "validation", "dataContract",
+    "allowedEstimators", "lineage", "task", "objective", "validation", "dataContract", "steps",
 })
 
 
@@ -56,6 +56,7 @@ class TrainConfig:
     # Parsed by mlops_runtime.validation inside run(), where numpy is being imported anyway.
     validation: dict[str, Any] = field(default_factory=dict)
     data_contract: dict[str, Any] | None = None
+    steps: tuple[Any, ...] = ()   # estimators.StepSpec: preprocessing before the estimator
 
 
 def _require(condition: bool, field_name: str, problem: str) -> None:
@@ -106,12 +107,15 @@ def parse_config(doc: Any) -> TrainConfig:
     _require(isinstance(lineage, dict), "lineage", "must be an object")
     task = doc.get("task")
     _require(task in (None, "classification", "regression"), "task", "must be classification or regression")
+    from .estimators import parse_steps
+
+    steps = parse_steps(doc.get("steps"))
     return TrainConfig(
         dataset_uri=uri, estimator=estimator, output=output if output.endswith("/") else output + "/",
         target=target, test_size=float(test_size), dataset_format=dataset.get("format"),
         params=params, metrics=metrics, seed=seed, cv_folds=folds, onnx=onnx,
         allowed_estimators=tuple(allowed), lineage=lineage, task=task,
-        ignored_keys=tuple(sorted(set(doc) - KNOWN_KEYS)),
+        ignored_keys=tuple(sorted(set(doc) - KNOWN_KEYS)), steps=steps,
         validation=doc.get("validation") or {}, data_contract=doc.get("dataContract"),
     )
 
@@ -235,8 +239,8 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     stopwatch = Stopwatch()
     lap = stopwatch.lap
 
-    estimator = estimators.build_estimator(config.estimator, config.params, config.seed,
-                                           allowed_estimators(config, env))
+    estimator, steps = estimators.build_model(config.estimator, config.params, config.steps, config.seed,
+                                              allowed_estimators(config, env))
     task = estimators.task_of(estimator)
     if config.task and config.task != task:
         raise UserError("InvalidConfig",
@@ -264,7 +268,7 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
     lap("validate")
     X_train, X_test, y_train, y_test = datasets.train_test_split_frame(
         data.X, data.y, config.test_size, config.seed, task)
-    model = estimators.build_pipeline(estimator, categorical)
+    model = estimators.build_pipeline(estimator, categorical, steps, list(data.X.columns))
     lap("data")
 
     # Tree and linear fits release the GIL: describe the data meanwhile, on the other core.
@@ -284,9 +288,13 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
             # reference the ONNX form must match. The conversion's child process only
             # converts and runs ONNX Runtime (see OnnxConversion for why), while this
             # process dumps and uploads.
-            reference = model_io.sklearn_reference(model, X_test)
-            conversion = model_io.OnnxConversion(model, X_train.head(5), X_test, numeric, reference)
-            metrics = evaluation.evaluate_outputs(model, task, metric_names, y_test, *reference)
+            # The check data is the test split plus tied and out-of-range rows; the metrics
+            # read the test split's part of the reference.
+            check = model_io.parity_data(model, X_train, y_train, X_test, numeric, config.seed)
+            reference = model_io.sklearn_reference(model, check.X)
+            conversion = model_io.OnnxConversion(model, X_train.head(5), check, numeric, reference)
+            metrics = evaluation.evaluate_outputs(model, task, metric_names, y_test,
+                                                  *model_io.first_rows(reference, check.test_rows))
         else:
             metrics, _ = evaluation.evaluate(model, task, metric_names, X_test, y_test)
             reference = None
@@ -301,6 +309,7 @@ def run(config: TrainConfig, env: Mapping[str, str], progress: Progress) -> dict
         explanation = validation.explain(checks, model, X_test, y_test, task, config.seed,
                                          metric_names, reference, len(X_train), lap)
         skops_bytes = model_io.dump_skops(model)
+        model_io.check_loadable(skops_bytes)
         lap("dump")
     except BaseException:
         if conversion is not None:
@@ -395,8 +404,11 @@ def onnx_verdict(converted: bool, parity: Mapping[str, Any] | None) -> str:
     if parity.get("error"):
         return f"parity failed: {parity['error']}"
     if parity.get("labelsIdentical") is False:
-        return "parity failed: predicted labels differ from scikit-learn's on the test split"
-    return f"parity failed: outputs differ from scikit-learn's by {parity.get('maxAbsDiff')} (> 1e-4)"
+        return (f"parity failed: predicted labels differ from scikit-learn's on {parity.get('labelsDifferOnRows')} "
+                f"of {parity.get('rows')} check rows (test split, {parity.get('tieRows', 0)} tied, "
+                f"{parity.get('outOfRangeRows', 0)} out of range)")
+    return (f"parity failed: outputs differ from scikit-learn's by {parity.get('maxAbsDiff')} "
+            f"(> {parity.get('tolerance')})")
 
 
 class Stopwatch:
@@ -449,6 +461,7 @@ def lineage(config: TrainConfig, data: Any, estimator: Any, started: datetime, f
         "dataset": {"uri": data.uri, "sha256": data.sha256, "rows": data.rows, "target": data.target,
                     "testSize": config.test_size},
         "estimator": config.estimator,
+        "steps": [step.to_json() for step in config.steps],
         "params": config.params,
         "effectiveParams": effective,
         "seed": config.seed,

@@ -80,6 +80,11 @@ def test_predictions_are_read_from_both_response_shapes() -> None:
     assert predictions_of(b'{"predictions": [1, 2]}') == [1, 2]
     assert predictions_of(b'{"outputs": [{"name": "predict", "data": ["a"]}]}') == ["a"]
     assert predictions_of(b"not json") is None
+    head = (b'{"outputs": [{"name": "predict_proba", "parameters": {"binary_data_size": 8}}, '
+            b'{"name": "predict", "parameters": {"binary_data_size": 4}}]}')
+    body = head + b"PPPPPPPP" + b"LLLL"
+    assert predictions_of(body, str(len(head)).encode()) == b"LLLL"  # the predict bytes, after predict_proba's
+    assert predictions_of(body, b"9999") is None and predictions_of(body, b"x") is None
 
 
 def test_feedback_answers_merge_across_variants() -> None:
@@ -131,7 +136,7 @@ def stack(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 
     champion = serve(versions["champion"], "v1", "champion")
     challenger = serve(versions["challenger"], "v2", "challenger")
-    broken = serve(versions["challenger"], "v3", "challenger", sha256="0" * 64)  # never ready: answers 503
+    broken = serve(versions["challenger"], "v3", "challenger", sha256="0" * 64)  # never ready: infer answers 503
     configmap = tmp / "configmap"
     configmap.mkdir()
     router_port = free_port()
@@ -328,7 +333,7 @@ def test_router_is_ready_only_while_the_champion_is(stack: dict) -> None:
     assert httpx.get(router.url + "/v2/health/ready").status_code == 200
     put_config(router, champion=stack["broken"].url)
     not_ready = httpx.get(router.url + "/v2/health/ready")
-    assert not_ready.status_code == 503 and "champion not ready" in not_ready.json()["reason"]
+    assert not_ready.status_code == 400 and "champion not ready" in not_ready.json()["reason"]
     put_config(router, champion=f"http://127.0.0.1:{free_port()}")
     assert "champion unreachable" in httpx.get(router.url + "/v2/health/ready").json()["reason"]
     assert httpx.get(router.url + "/v2/health/live").status_code == 200

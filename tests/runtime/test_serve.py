@@ -175,8 +175,12 @@ BAD_REQUESTS = [
     ("/predict", b'{"instances": [[5.1, 3.5, 1.4, "wide"]]}', 400, "'petal width (cm)' must be a number"),
     ("/predict", b'{"instances": [[5.1, null, 1.4, 0.2]]}', 400, "cannot take missing values"),
     ("/predict", b'{"instances": [[' + b"1.0," * (MAX_BODY // 4) + b"1.0]]}", 413, "over the limit"),
-    ("/v2/models/iris/infer", b'{"inputs": [{"name": "x", "shape": [1, 3], "data": [1, 2, 3]}]}', 400,
-     "expected 4 features"),
+    ("/v2/models/iris/infer", b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}',
+     400, "expected 4 features"),
+    ("/v2/models/iris/infer", b'{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", '
+                              b'"data": [1, 2, 3, 1e300]}]}', 400, "feature 'petal width (cm)' is 1e+300"),
+    ("/predict", b'{"instances": [[1e39, 3.5, 1.4, 0.2]]}', 400, "row 0: feature 'sepal length (cm)' is 1e+39"),
+    ("/v2/models/iris/versions/v9/infer", b'{"inputs": []}', 404, "version 'v9' is not served here"),
     ("/v2/models/iris/infer", b'{"instances": [[1, 2, 3, 4]]}', 400, "missing field 'inputs'"),
     ("/v2/models/tulip/infer", b'{"inputs": []}', 404, "model 'tulip' is not served here"),
 ]
@@ -212,7 +216,7 @@ def test_a_tampered_artifact_never_becomes_ready(versions: dict, s3: Any, tmp_pa
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:  # it must stay not-ready, not just start that way
             status, body = server.ready_state()
-            assert status == 503 and body["ready"] is False
+            assert status == 400 and body["ready"] is False  # V2: a 4xx health answer reads as false
             time.sleep(0.2)
         assert "sha256 mismatch" in body["reason"] and iris["sha256"] in body["reason"]
         refused = httpx.post(server.url + "/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]})

@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -180,6 +180,13 @@ def test_onnx_parity_passes_for_a_linear_model(iris):
     assert parity["passed"] and parity["labelsIdentical"] and parity["maxAbsDiff"] <= 1e-4
 
 
-def test_unconvertible_model_gives_none(iris):
+def test_unconvertible_model_gives_none_and_the_real_reason(iris):
+    from sklearn.neighbors import NearestCentroid
+
+    from mlops_runtime.model_io import convert_to_onnx
+
     X, y = iris
-    assert to_onnx(HistGradientBoostingClassifier(max_iter=3).fit(X, y), X.head(3)) is None
+    model = NearestCentroid().fit(X, y)  # skl2onnx has no converter for it
+    assert to_onnx(model, X.head(3)) is None
+    onnx_bytes, reason = convert_to_onnx(model, X.head(3))
+    assert onnx_bytes is None and "MissingShapeCalculator" in reason and "NearestCentroid" in reason

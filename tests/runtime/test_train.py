@@ -137,6 +137,30 @@ def test_iris_end_to_end(s3, bucket, store, tmp_path):
         load_verified_model(store, summary["modelUri"], summary["sha256"])
 
 
+def test_a_pipeline_trains_whole_and_its_onnx_form_passes_parity_with_ties(s3, bucket, store, tmp_path):
+    prefix = f"s3://{bucket}/default/wine/wine-t001/"
+    config = {"dataset": {"uri": "sklearn://wine"}, "estimator": "sklearn.svm.SVC", "seed": 3, "output": prefix,
+              "steps": [{"name": "scaler", "estimator": "sklearn.preprocessing.StandardScaler"}],
+              # what a search proposal over `scaler__with_mean` and `svc__C` hands the trial
+              "params": {"svc__C": 10.0, "scaler__with_mean": True}}
+    code, summary, _, stderr = run_cli(config, s3.env, tmp_path)
+    assert code == 0, stderr
+    assert summary["onnx"] == "parity passed" and summary["servingFormat"] == "onnx"
+    model = load_verified_model(store, summary["modelUri"], summary["sha256"])
+    assert [name for name, _ in model.steps] == ["scaler", "svc"] and model.named_steps["svc"].C == 10.0
+    metrics = read_json(store, prefix, "metrics.json")
+    parity = metrics["onnxParity"]
+    assert parity["tieRows"] > 0 and parity["outOfRangeRows"] == 8 and parity["labelsIdentical"]
+    assert parity["rows"] == metrics["split"]["test"] + parity["tieRows"] + 8
+    assert summary["metrics"]["accuracy"] > 0.9  # measured on the test split only
+    lineage = read_json(store, prefix, "lineage.json")
+    assert lineage["steps"] == [{**config["steps"][0], "params": {}}] and lineage["params"] == config["params"]
+
+    bad = {**config, "output": prefix + "bad/", "params": {"scale__with_mean": True}}
+    code, summary, _, _ = run_cli(bad, s3.env, tmp_path)
+    assert code == 2 and summary["reason"] == "UnknownParameter" and "no step named 'scale'" in summary["message"]
+
+
 def test_mixed_categorical_csv_from_s3(s3, bucket, store, tmp_path):
     rng = np.random.default_rng(1)
     rows = 200

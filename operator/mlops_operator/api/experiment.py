@@ -24,7 +24,7 @@ from .common import (
     ready_column,
 )
 from .conditions import Condition
-from .ml import CrossValidation, Dataset, Objective, Validation
+from .ml import CrossValidation, Dataset, Objective, PipelineSteps, Validation
 
 LEADERBOARD_SIZE = 10
 PARETO_SIZE = 20
@@ -160,6 +160,7 @@ class ExperimentSpec(ApiModel):
     dataset: Dataset
     estimator: ImportPath
     params: FreeFormObject = Field(default_factory=dict, description="Fixed hyperparameters.")
+    steps: PipelineSteps = Field(default_factory=list)
     search: Search = Field(default_factory=Search)
     objective: Objective = Field(default_factory=Objective)
     secondary_objectives: list[Objective] = Field(

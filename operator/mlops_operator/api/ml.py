@@ -3,11 +3,11 @@ signatures and lineage."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from .common import ApiModel, FreeFormValue, ImportPath, MetricName, StatusModel
+from .common import ApiModel, FreeFormObject, FreeFormValue, ImportPath, MetricName, StatusModel
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits", "linnerud")
 DATASET_URI_PATTERN = r"^(sklearn://(" + "|".join(BUILTIN_DATASETS) + r")|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+)$"
@@ -49,6 +49,69 @@ class Dataset(ApiModel):
         if self.uri.startswith("s3://") and not self.target:
             raise ValueError("target: required for an s3:// dataset (name of the label column)")
         return self
+
+
+# A step's name prefixes its parameters in `params` and the search space (`scaler__with_mean`),
+# so it is an identifier without a double underscore.
+STEP_NAME_PATTERN = r"^[a-z](_?[a-z0-9])*$"
+MAX_PIPELINE_STEPS = 16
+COLUMNS_STAGE = "preprocess"  # the runtime's name for the per-column stage (mlops_runtime.estimators)
+
+
+class PipelineStep(ApiModel):
+    """One preprocessing step before the estimator: a transformer by import path, from the
+    same allow-list as the estimator. The saved model is the whole pipeline."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.name != '{COLUMNS_STAGE}'",
+                    "message": f"{COLUMNS_STAGE!r} names the per-column stage of the pipeline; choose another name",
+                    "fieldPath": ".name",
+                }
+            ]
+        }
+    }
+
+    name: str = Field(
+        pattern=STEP_NAME_PATTERN, max_length=63,
+        description="Names the step; its parameters are <name>__<param> in params and search.space.",
+    )
+    estimator: ImportPath = Field(description="A transformer class, e.g. sklearn.preprocessing.StandardScaler.")
+    params: FreeFormObject = Field(default_factory=dict, description="The step's fixed parameters.")
+    columns: list[str] | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="Only these columns (steps listing the same columns one after the other chain); "
+        "default: every column. String columns no step lists are one-hot encoded first.",
+    )
+
+    @model_validator(mode="after")
+    def _name_is_not_the_columns_stage(self) -> PipelineStep:
+        if self.name == COLUMNS_STAGE:
+            raise ValueError(f"name: {COLUMNS_STAGE!r} names the per-column stage of the pipeline; choose another name")
+        return self
+
+
+def _unique_step_names(steps: list[PipelineStep]) -> list[PipelineStep]:
+    names = [step.name for step in steps]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"steps: step name(s) {repeated} used more than once")
+    return steps
+
+
+# The CRD says the same as the validator: a list keyed by name (the apiserver refuses duplicates).
+PipelineSteps = Annotated[
+    list[PipelineStep],
+    AfterValidator(_unique_step_names),
+    Field(
+        max_length=MAX_PIPELINE_STEPS,
+        description="Preprocessing before the estimator (scalers, imputers, encoders, feature selection...), "
+        "in order; the estimator's own parameters may be prefixed with its lower-cased class name (svc__C).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    ),
+]
 
 
 class Objective(ApiModel):

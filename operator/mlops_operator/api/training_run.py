@@ -28,6 +28,7 @@ from .ml import (
     Dataset,
     FeatureImportance,
     Objective,
+    PipelineSteps,
     Signature,
     SliceResult,
     Validation,
@@ -40,6 +41,7 @@ class TrainingRunSpec(ApiModel):
     dataset: Dataset
     estimator: ImportPath
     params: FreeFormObject = Field(default_factory=dict)
+    steps: PipelineSteps = Field(default_factory=list)
     metrics: list[MetricName] | None = None
     objective: Objective | None = Field(
         default=None, description="Objective the value in status.objectiveValue is read from."

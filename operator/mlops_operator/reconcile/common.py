@@ -85,13 +85,13 @@ def restricted_container_security_context() -> dict[str, Any]:
     }
 
 
-def estimator_problem(estimator: str, allowed: tuple[str, ...]) -> str | None:
+def estimator_problem(estimator: str, allowed: tuple[str, ...], field: str = "spec.estimator") -> str | None:
     """Why `estimator` may not run (None: it may). An allowed entry ending in '.' is a
     prefix (a package), otherwise an exact import path."""
     for entry in allowed:
         if (entry.endswith(".") and estimator.startswith(entry)) or estimator == entry:
             return None
-    return f"spec.estimator: {estimator!r} is not in the operator's allow-list ({', '.join(allowed)})"
+    return f"{field}: {estimator!r} is not in the operator's allow-list ({', '.join(allowed)})"
 
 
 def describe_validation_error(error: ValidationError, root: str = "") -> str:

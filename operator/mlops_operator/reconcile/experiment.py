@@ -136,6 +136,10 @@ def spec_problems(exp: Experiment, settings: Settings) -> list[str]:
     estimator = estimator_problem(exp.spec.estimator, settings.allowed_estimators)
     if estimator:
         problems.append(estimator)
+    for i, step in enumerate(exp.spec.steps):  # steps come from the same allow-list
+        step_problem = estimator_problem(step.estimator, settings.allowed_estimators, f"spec.steps[{i}].estimator")
+        if step_problem:
+            problems.append(step_problem)
     metrics = exp.spec.metrics
     objective = exp.spec.objective.metric
     # A cross-validated objective (cv_accuracy_mean) comes from its metric (accuracy).
@@ -305,6 +309,8 @@ def desired_trial(exp: Experiment, index: int, proposal: Mapping[str, Any]) -> d
         "backoffLimit": spec.backoff_limit,
         "onnx": spec.onnx,
     }
+    if spec.steps:
+        run_spec["steps"] = [step.dump() for step in spec.steps]
     if spec.metrics is not None:
         run_spec["metrics"] = list(spec.metrics)
     if spec.cross_validation is not None:

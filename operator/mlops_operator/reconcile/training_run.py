@@ -217,6 +217,8 @@ def train_config(run: TrainingRun, settings: Settings, contract: DataContract | 
             "image": spec.image,
         },
     }
+    if spec.steps:
+        config["steps"] = [step.dump() for step in spec.steps]
     if spec.metrics is not None:
         config["metrics"] = list(spec.metrics)
     if spec.cross_validation is not None:
