@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from mlops_operator.api import ALL_KINDS, API_VERSION
+from mlops_operator.api.experiment import Search
 from mlops_operator.cluster.port import Cluster
 
 Obj = dict[str, Any]
@@ -133,7 +136,7 @@ class Progress:
         return [
             f"experiment {_meta(obj).get('name')}: {search.get('algorithm', 'random')} search over "
             f"{spec.get('estimator')}, up to {search.get('maxTrials', 10)} trials, "
-            f"{search.get('parallelism', 2)} at a time, "
+            f"{_running_at_once(search)} at a time, "
             f"{objective.get('goal', 'maximize')} {objective.get('metric', 'accuracy')}"
         ]
 
@@ -266,11 +269,23 @@ class Progress:
         return lines
 
 
+def _running_at_once(search: Mapping[str, Any]) -> Any:
+    """The parallelism the Experiment's reconciler uses (the default follows maxTrials)."""
+    try:
+        return Search.model_validate(search).running_at_once()
+    except ValidationError:
+        return search.get("parallelism", "?")
+
+
 def _condition(status: Mapping[str, Any], kind: str) -> str | None:
     return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def fmt_gate(gate: Mapping[str, Any]) -> str:
+    """A passed gate with its numbers; a failed one with the reconciler's message, which says
+    which part failed (the threshold, or the comparison with the champion)."""
+    if not gate.get("passed") and gate.get("message"):
+        return f"{gate.get('metric')} FAIL: {gate['message']}"
     mark = "pass" if gate.get("passed") else "FAIL"
     value = fmt_number(gate.get("value"))
     parts = [f"{gate.get('metric')}={value}" if value else str(gate.get("metric")), mark]
@@ -278,8 +293,7 @@ def fmt_gate(gate: Mapping[str, Any]) -> str:
         parts.append(f"threshold {fmt_number(gate.get('threshold'))}")
     if gate.get("champion"):
         parts.append(f"champion {gate.get('champion')} {fmt_number(gate.get('championValue'))}".rstrip())
-    text = " ".join(parts)
-    return f"{text} ({gate['message']})" if gate.get("message") and not gate.get("passed") else text
+    return " ".join(parts)
 
 
 def fmt_check(check: Mapping[str, Any]) -> str:
