@@ -9,6 +9,7 @@ cluster, a process exits, or a requeue falls due. A small HTTP API on a loopback
     GET  /status     settled or not, what failed, what it waits for, where services answer
     GET  /objects    ?apiVersion=&kind=&namespace=   objects as stored
     POST /apply      a JSON list of resources (validated again here)
+    POST /delete     a JSON list of {apiVersion, kind, namespace, name}; dependents follow
     POST /shutdown   stop everything and exit
 
 Run it with `python -m mlops_operator.local.instance STATE_DIR` (what `mlops local up`
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mlops_operator.cluster.port import ClusterError
+from mlops_operator.cluster.port import ClusterError, NotFound
 from mlops_operator.local import manifests, settle
 from mlops_operator.local import state as saved_state
 from mlops_operator.local.display import Progress
@@ -228,6 +229,7 @@ class Instance:
                 pass
 
     def say(self, line: str) -> None:
+        log.info("%s", line)  # instance.log tells the same story, with warnings and tracebacks in place
         stamp = datetime.now().strftime("%H:%M:%S")
         try:
             with open(self.paths.progress_log, "a") as handle:
@@ -292,6 +294,26 @@ class Instance:
                 results.append({"kind": obj["kind"], "apiVersion": obj["apiVersion"], "namespace": meta["namespace"],
                                 "name": meta["name"], "action": action})
             # Counted once everything is in: only a pass that starts after this can call it settled.
+            self._apply_seq += 1
+        self.wake.set()
+        return results
+
+    def delete(self, references: list[Any]) -> list[dict[str, str]]:
+        """Delete objects named by apiVersion, kind, namespace and name; their dependents
+        go with them through ownerReferences, as the cluster's garbage collector does."""
+        results = []
+        with self._apply_lock:
+            for ref in references:
+                if not isinstance(ref, dict) or not all(ref.get(k) for k in ("apiVersion", "kind", "name")):
+                    raise ValueError(f"not an object reference: {ref!r}")
+                namespace = ref.get("namespace") or "default"
+                try:
+                    self.cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
+                    action = "deleted"
+                except NotFound:
+                    action = "not found"
+                results.append({"kind": ref["kind"], "apiVersion": ref["apiVersion"], "namespace": namespace,
+                                "name": ref["name"], "action": action})
             self._apply_seq += 1
         self.wake.set()
         return results
@@ -381,13 +403,14 @@ def _handler(instance: Instance) -> type[BaseHTTPRequestHandler]:
             self._json(404, {"error": f"no such endpoint {url.path}"})
 
         def do_POST(self) -> None:
-            if self.path == "/apply":
+            changes = {"/apply": instance.apply, "/delete": instance.delete}
+            if self.path in changes:
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     documents = json.loads(self.rfile.read(length))
                     if not isinstance(documents, list):
-                        raise ValueError("expected a JSON list of resources")
-                    results = instance.apply(documents)
+                        raise ValueError("expected a JSON list")
+                    results = changes[self.path](documents)
                 except manifests.ManifestError as error:
                     return self._json(422, {"problems": [str(p) for p in error.problems]})
                 except (ValueError, ClusterError) as error:

@@ -79,6 +79,31 @@ def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Ob
     return Settlement(settled=not waiting, failed=failed, waiting=waiting)
 
 
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind")), str(meta.get("namespace", "default")), str(meta.get("name")))
+
+
+def owned_by(objects: Iterable[Obj], roots: Iterable[Key]) -> list[Obj]:
+    """The objects named by `roots` and every object they own, transitively (by the uids in
+    ownerReferences): what one `up -f` is answerable for."""
+    objects = list(objects)
+    wanted = set(roots)
+    uids = {str(o["metadata"]["uid"]) for o in objects if key_of(o) in wanted and (o.get("metadata") or {}).get("uid")}
+    scoped = [o for o in objects if key_of(o) in wanted]
+    rest = [o for o in objects if key_of(o) not in wanted]
+    while True:
+        children = [o for o in rest if any(ref.get("uid") in uids for ref in o["metadata"].get("ownerReferences") or ())]
+        if not children:
+            return scoped
+        scoped += children
+        uids |= {str(o["metadata"].get("uid")) for o in children}
+        rest = [o for o in rest if o not in children]
+
+
 def _job_finish(job: Obj) -> str | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
