@@ -131,6 +131,7 @@ def broken_job() -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a dozen commands, each a Python start-up: minutes on a loaded machine
 def test_delete_removes_what_failed_and_an_up_answers_only_for_what_it_applied(tmp_path: Path) -> None:
     state = tmp_path / ".mlops"
     try:
