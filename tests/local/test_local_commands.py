@@ -173,3 +173,42 @@ def test_delete_removes_what_failed_and_an_up_answers_only_for_what_it_applied(t
         down = mlops(tmp_path, "local", "down")
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids if is_alive(pid)] == []
+
+
+def test_the_state_on_disk_knows_a_deployment_before_the_executor_starts_its_process(tmp_path: Path) -> None:
+    """The instance's pass order, with the controllers and the executor played by the test:
+    what a pass decided is saved before the executor acts on it."""
+    import threading
+
+    from mlops_operator.local.instance import Instance
+
+    instance = Instance(tmp_path / ".mlops")
+    instance.paths.root.mkdir()
+    instance.paths.instance_file.write_text("{}")
+    instance.cluster = saved_state.LocalCluster()
+    instance.ports = type("Ports", (), {"as_dict": lambda self: {}})()
+    instance.credentials = {}
+    seen: list[list[str]] = []
+
+    class Controllers:
+        passes = 0
+
+        def run_pass(self) -> None:
+            if not instance.cluster.list("apps/v1", "Deployment"):
+                instance.cluster.create(web("one")[0] | {"metadata": {"name": "web", "namespace": "default"}})
+            return None
+
+    class Executor:
+        def step(self) -> None:
+            saved = saved_state.load(instance.paths.state_file)
+            seen.append([o["metadata"]["name"] for o in (saved.objects if saved else []) if o["kind"] == "Deployment"])
+            instance.stopping.set()
+            return None
+
+    instance.loop, instance.executor = Controllers(), Executor()
+    instance.progress = type("Quiet", (), {"observe": lambda self, cluster: None})()
+    thread = threading.Thread(target=instance.serve)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert seen == [["web"]]

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 S3_SECRET = "mlops-s3"
 IDLE_WAIT = 5.0
 MIN_PASS_GAP = 0.02
-SAVE_INTERVAL = 1.0
 FIELD_MANAGER = "mlops-local"
 PASS_ERROR_RETRY = 2.0
 
@@ -75,6 +74,7 @@ class Instance:
         self._examples: dict[str, str | None] = {}
         self._started = time.monotonic()
         self._last_pass_error = ""
+        self._saved_revision = -1
 
     # -- start -------------------------------------------------------------------------
 
@@ -148,8 +148,6 @@ class Instance:
     # -- run ---------------------------------------------------------------------------
 
     def serve(self) -> None:
-        last_saved_revision = -1
-        last_save = 0.0
         while not self.stopping.is_set():
             if not self.paths.instance_file.exists():
                 # Its folder was removed (or the record deleted): nobody could find and stop
@@ -161,7 +159,11 @@ class Instance:
             revision_before = self.cluster.revision
             try:
                 requeue = self.loop.run_pass()
+                # What the controllers decided is on disk before the executor acts on it
+                # (starts or stops processes), and what the executor did right after.
+                self._save_if_changed()
                 executor_wait = self.executor.step()
+                self._save_if_changed()
                 self.progress.observe(self.cluster)
                 settlement = settle.assess(self._our_objects(), self.cluster.list(*DEPLOYMENT),
                                            self.cluster.list(*JOB))
@@ -181,16 +183,8 @@ class Instance:
                     self.say(message + f" (details in {self.paths.instance_log}); retrying")
                     self._last_pass_error = message
                 requeue, executor_wait = PASS_ERROR_RETRY, None
-            revision = self.cluster.revision
-            if revision != last_saved_revision and time.monotonic() - last_save >= SAVE_INTERVAL:
-                try:
-                    self.save()
-                except OSError as error:
-                    log.warning("state not saved: %s", error)
-                last_saved_revision, last_save = revision, time.monotonic()
+            self._save_if_changed()  # a pass cut short still leaves its changes on disk
             waits = [w for w in (requeue, executor_wait, IDLE_WAIT) if w is not None]
-            if revision != last_saved_revision:
-                waits.append(SAVE_INTERVAL)
             self.wake.wait(max(MIN_PASS_GAP, min(waits)))
             if self.wake.is_set():
                 time.sleep(MIN_PASS_GAP)  # let a burst of changes land in one pass
@@ -210,6 +204,16 @@ class Instance:
             self.s3.stop()
         self.paths.instance_file.unlink(missing_ok=True)
         self.say("local instance stopped; data kept in " + str(self.paths.root))
+
+    def _save_if_changed(self) -> None:
+        if self.cluster.revision == self._saved_revision:
+            return
+        try:
+            self.save()
+        except OSError as error:
+            log.warning("state not saved: %s", error)
+            return
+        self._saved_revision = self.cluster.revision
 
     def save(self) -> None:
         self._prune_events()
