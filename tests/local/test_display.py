@@ -200,3 +200,30 @@ def test_the_experiment_line_shows_the_parallelism_the_reconciler_uses(search, s
                              "estimator": "sklearn.tree.DecisionTreeClassifier", "search": search}})
     progress.observe(cluster)
     assert any(says in line for line in lines), lines
+
+
+def test_a_failed_trial_is_told_once_not_again_by_each_warning_event() -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    from _training_world import World, experiment_manifest
+
+    world = World()
+    lines: list[str] = []
+    progress = display.Progress(lines.append)
+    world.create(experiment_manifest(search={"maxTrials": 2, "parallelism": 1, "maxFailedTrials": 0, "space": {}}))
+    world.settle()
+    progress.observe(world.cluster)
+    world.finish_running_jobs(lambda run: (2, json.dumps(
+        {"status": "Failed", "reason": "InvalidParameter", "message": "C must be > 0", "metrics": {}})))
+    world.settle()
+    progress.observe(world.cluster)
+    assert sum("C must be > 0" in line for line in lines) == 1, lines
+    assert sum("more than maxFailedTrials=0" in line for line in lines) == 1, lines
+    # A Warning that tells something new is still shown.
+    world.cluster.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "x.1", "namespace": "team-a"},
+                          "type": "Warning", "reason": "ModelVersionNotFound", "message": "no Validated version",
+                          "involvedObject": {"kind": "InferenceService", "name": "iris"}})
+    progress.observe(world.cluster)
+    assert lines[-1] == "warning: InferenceService/iris: ModelVersionNotFound: no Validated version"

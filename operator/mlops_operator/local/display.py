@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +65,9 @@ def fmt_params(params: Mapping[str, Any]) -> str:
                     for k, v in params.items())
 
 
+TOLD_MEMORY = 200  # progress lines a repeated Warning is compared with
+
+
 class Progress:
     """Turns changes seen in the cluster into lines for a person."""
 
@@ -80,6 +84,7 @@ class Progress:
         self._events: dict[tuple[str, str], int] = {}
         self._announced: set[Key] = set()
         self._started_runs: set[Key] = set()
+        self._told: deque[str] = deque(maxlen=TOLD_MEMORY)
 
     def observe(self, cluster: Cluster, quiet: bool = False) -> None:
         """Say what changed since the last call; `quiet` only takes note (for a resumed
@@ -118,12 +123,21 @@ class Progress:
             self._events[key] = count
             if known.get(key) == count:
                 continue
-            if not quiet and event.get("type") == "Warning":
+            if not quiet and event.get("type") == "Warning" and not self._already_told(event, lines):
                 involved = event.get("involvedObject") or {}
                 lines.append(f"warning: {involved.get('kind')}/{involved.get('name')}: "
                              f"{event.get('reason')}: {event.get('message')}")
         for line in lines:
             self.write(line)
+        self._told.extend(lines)
+
+    def _already_told(self, event: Obj, lines: list[str]) -> bool:
+        """A Warning that repeats what a progress line said (a trial's failure, told once by
+        the trial's line, then by its TrainingRun's and its Experiment's Events) is not
+        printed again: one failure, one line."""
+        message = str(event.get("message") or "")
+        text = message.split(" failed: ", 1)[1] if " failed: " in message else message
+        return bool(text) and any(text in line for line in (*self._told, *lines))
 
     # -- Experiment ------------------------------------------------------------------
 
