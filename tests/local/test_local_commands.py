@@ -212,3 +212,24 @@ def test_the_state_on_disk_knows_a_deployment_before_the_executor_starts_its_pro
     thread.join(60)
     assert not thread.is_alive()
     assert seen == [["web"]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_experiment_no_trial_could_run_is_refused_once_and_settles_as_failed(tmp_path: Path) -> None:
+    bad = {"apiVersion": "mlops.seed.io/v1alpha1", "kind": "Experiment", "metadata": {"name": "badest"},
+           "spec": {"model": "bad", "dataset": {"uri": "sklearn://iris"},
+                    "estimator": "sklearn.ensemble.RandomForestClasifier", "search": {"maxTrials": 1}}}
+    try:
+        up = mlops(tmp_path, "local", "up", "-f", str(write(tmp_path / "bad.yaml", [bad])), "--exit-when-settled",
+                   "--timeout", "600")
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "settled, 1 failed:" in up.stdout
+        assert "Experiment default/badest: InvalidSpec: spec.estimator:" in up.stdout
+        assert "did you mean sklearn.ensemble.RandomForestClassifier" in up.stdout
+        assert up.stdout.count("did you mean") == 2  # the Warning once, the summary once
+        assert "search over sklearn.ensemble.RandomForestClasifier" not in up.stdout  # no search starts
+        runs = mlops(tmp_path, "local", "get", "trainingruns", "-o", "json")
+        assert json.loads(runs.stdout)["items"] == []
+    finally:
+        assert mlops(tmp_path, "local", "down").returncode == 0

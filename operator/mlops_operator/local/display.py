@@ -143,8 +143,8 @@ class Progress:
 
     def _experiment_started(self, before: Obj | None, obj: Obj) -> list[str]:
         spec, phase = _spec(obj), _status(obj).get("phase")
-        if before is not None or phase in ("Succeeded", "Failed"):
-            return []
+        if before is not None or phase in ("Succeeded", "Failed") or _condition(_status(obj), "Stalled") == "True":
+            return []  # a refused spec starts no search: its Warning says why
         search = spec.get("search") or {}
         objective = spec.get("objective") or {}
         return [
