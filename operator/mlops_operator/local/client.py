@@ -104,8 +104,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _print_problems(problems: list[str], err: TextIO) -> None:
-    print("error: nothing was applied:", file=err)
+def _print_problems(problems: list[str], err: TextIO, done: str = "applied") -> None:
+    print(f"error: nothing was {done}:", file=err)
     for problem in problems:
         print(f"  {problem}", file=err)
 
@@ -180,13 +180,13 @@ def follow(paths: StateDir, control: Control, offset: int, exit_when_settled: bo
                 status = {}
             if status.get("settled"):
                 _print_new_lines(paths.progress_log, offset, out)
-                ours, others = failures(control, status, roots)
                 if exit_when_settled:
+                    ours, others = failures(control, status, roots)
                     _print_summary(status, ours, others, out)
                     return EXIT_FAILED if ours else EXIT_OK
                 if not announced:
                     announced = True
-                    _print_summary(status, ours, others, out)
+                    _print_summary(status, *failures(control, status, roots), out)
                     print("the local instance keeps running; Ctrl-C detaches, `mlops local down` stops it",
                           file=out)
             if deadline is not None and time.monotonic() > deadline:
@@ -272,7 +272,7 @@ def delete(state_dir: Path, files: list[Path] | None, kind: str | None, names: l
     try:
         references = _references(files, kind, names, namespace)
     except manifests.ManifestError as error:
-        _print_problems([str(p) for p in error.problems], err)
+        _print_problems([str(p) for p in error.problems], err, done="deleted")
         return EXIT_USAGE
     except ValueError as error:
         print(f"error: {error}", file=err)
