@@ -10,6 +10,7 @@ tree itself, with PYTHONPATH pointing at the copy. Every mutant of
 `operator/mlops_operator/reconcile/` and `runtime/mlops_runtime/store.py` is generated; a
 seeded random sample of them is run (a full run takes hours on one core), each against the
 tests that cover the mutated module (the map below: the first failing test kills it).
+Mutants inside type annotations are equivalent here (never evaluated) and not run.
 Survivors are printed with their diff and written to WORKDIR/survivors.txt; the score is
 killed / (killed + survived).
 
@@ -38,27 +39,29 @@ EVERY_RECONCILER = [
     "tests/unit/test_reconcile_inference_service.py", "tests/unit/test_retrain.py",
     "tests/unit/test_drift_status.py", "tests/unit/test_control_loop.py", "tests/unit/test_decision_boundaries.py",
     "tests/unit/test_inference_service_memory.py", "tests/unit/test_retrain_loop.py",
+    "tests/unit/test_reconcile_edges.py",
 ]
 # Module (relative path) -> the tests that cover it, fastest first.
+EDGES = "tests/unit/test_reconcile_edges.py"
 TESTS = {
     "operator/mlops_operator/reconcile/experiment.py": [
-        "tests/unit/test_reconcile_experiment.py", "tests/unit/test_experiment_lifecycle.py",
+        EDGES, "tests/unit/test_reconcile_experiment.py", "tests/unit/test_experiment_lifecycle.py",
         "tests/unit/test_control_loop.py", "tests/unit/test_retrain_loop.py"],
     "operator/mlops_operator/reconcile/training_run.py": [
-        "tests/unit/test_reconcile_training_run.py", "tests/unit/test_decision_boundaries.py",
+        EDGES, "tests/unit/test_reconcile_training_run.py", "tests/unit/test_decision_boundaries.py",
         "tests/unit/test_control_loop.py"],
     "operator/mlops_operator/reconcile/model_version.py": [
-        "tests/unit/test_reconcile_model_version.py", "tests/unit/test_control_loop.py",
+        EDGES, "tests/unit/test_reconcile_model_version.py", "tests/unit/test_control_loop.py",
         "tests/unit/test_inference_service_memory.py"],
     "operator/mlops_operator/reconcile/inference_service.py": [
-        "tests/unit/test_reconcile_inference_service.py", "tests/unit/test_inference_service_memory.py",
+        EDGES, "tests/unit/test_reconcile_inference_service.py", "tests/unit/test_inference_service_memory.py",
         "tests/unit/test_drift_status.py"],
     "operator/mlops_operator/reconcile/retrain.py": ["tests/unit/test_retrain.py", "tests/unit/test_retrain_loop.py"],
-    "operator/mlops_operator/reconcile/drift.py": ["tests/unit/test_drift_status.py",
-                                                   "tests/unit/test_reconcile_inference_service.py"],
+    "operator/mlops_operator/reconcile/drift.py": [
+        EDGES, "tests/unit/test_drift_status.py", "tests/unit/test_reconcile_inference_service.py"],
     "operator/mlops_operator/reconcile/common.py": EVERY_RECONCILER,
     "operator/mlops_operator/reconcile/plan.py": EVERY_RECONCILER,
-    "runtime/mlops_runtime/store.py": ["tests/runtime/test_store.py", "tests/runtime/test_store_seaweed.py"],
+    "runtime/mlops_runtime/store.py": [EDGES, "tests/runtime/test_store.py", "tests/runtime/test_store_seaweed.py"],
 }
 STORE = "runtime/mlops_runtime/store.py"
 PRISTINE = ".pristine"
@@ -119,21 +122,53 @@ def write_config(workdir: Path) -> Path:
     return config
 
 
-def sample(session: Path, reconcile_count: int, store_count: int, seed: int) -> tuple[int, int]:
-    """Skip every mutant but a seeded random sample; (total, sampled)."""
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the type annotations of a module are: every module here starts with
+    `from __future__ import annotations`, so they are never evaluated and a mutant inside
+    one is equivalent by construction (cosmic-ray makes many: `str | None` -> `str & None`)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    nodes = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            nodes.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            nodes.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            nodes.append(node.annotation)
+    return [((n.lineno, n.col_offset), (n.end_lineno or n.lineno, n.end_col_offset or 0)) for n in nodes]
+
+
+def in_annotation(workdir: Path, mutation: object, cache: dict[str, list]) -> bool:
+    module = str(mutation.module_path)  # type: ignore[attr-defined]
+    if module not in cache:
+        cache[module] = annotation_spans(workdir / module)
+    start = tuple(mutation.start_pos)  # type: ignore[attr-defined]
+    return any(low <= start < high for low, high in cache[module])
+
+
+def sample(session: Path, workdir: Path, reconcile_count: int, store_count: int, seed: int) -> tuple[int, int, int]:
+    """Skip the equivalent mutants (inside annotations) and every other but a seeded random
+    sample; (total, equivalent, sampled)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(session), WorkDB.Mode.open) as db:
-        items = list(db.pending_work_items)
-        store = sorted(i.job_id for i in items if str(i.mutations[0].module_path).endswith(STORE))
-        others = sorted(i.job_id for i in items if i.job_id not in set(store))
+        every = list(db.pending_work_items)
+        cache: dict[str, list] = {}
+        items = [i for i in every if not in_annotation(workdir, i.mutations[0], cache)]
+        # In source order (job ids are random per `init`), so that a seed picks the same mutants.
+        items.sort(key=lambda i: (str(i.mutations[0].module_path), tuple(i.mutations[0].start_pos),
+                                  i.mutations[0].operator_name, i.mutations[0].occurrence))
+        store = [i.job_id for i in items if str(i.mutations[0].module_path).endswith(STORE)]
+        others = [i.job_id for i in items if not str(i.mutations[0].module_path).endswith(STORE)]
         rng = random.Random(seed)
         keep = set(rng.sample(others, min(reconcile_count, len(others)))) | set(
             rng.sample(store, min(store_count, len(store))))
-        db.set_multiple_results([i.job_id for i in items if i.job_id not in keep],
+        db.set_multiple_results([i.job_id for i in every if i.job_id not in keep],
                                 WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
-        return len(items), len(keep)
+        return len(every), len(every) - len(items), len(keep)
 
 
 def report(session: Path, workdir: Path) -> dict:
@@ -184,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     config, session = write_config(workdir), workdir / "session.sqlite"
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "cosmic-ray"), "init", str(config), str(session)], cwd=workdir, check=True)
-    total, sampled = sample(session, args.sample, args.store_sample, args.seed)
-    print(f"{total} mutants generated; running a sample of {sampled} (seed {args.seed})", flush=True)
+    total, equivalent, sampled = sample(session, workdir, args.sample, args.store_sample, args.seed)
+    print(f"{total} mutants generated, {equivalent} of them in type annotations (equivalent, not run); "
+          f"running a sample of {sampled} of the rest (seed {args.seed})", flush=True)
     subprocess.run([str(bin_dir / "cosmic-ray"), "exec", str(config), str(session)], cwd=workdir, check=True,
                    env=environment(workdir))
     summary = report(session, workdir)
