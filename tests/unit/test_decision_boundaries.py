@@ -159,3 +159,23 @@ def test_a_whole_message_that_is_one_summary_is_read_as_it_is():
     assert parse_summary('{"status": "Failed", "reason": "UnknownParameter", "message": "C"}\n') == {
         "status": "Failed", "reason": "UnknownParameter", "message": "C"}
     assert parse_summary("no summary here\n{not json") is None
+
+
+# -- the proportion test, against a textbook computation --------------------------------------
+
+
+def test_the_accuracy_test_is_the_textbook_pooled_two_proportion_z_test():
+    from mlops_operator.rollout.statistics import worse_proportion_test
+
+    # Candidate 80/100 correct, reference 90/100. Pooled p = 170/200 = 0.85,
+    # SE = sqrt(0.85 * 0.15 * (1/100 + 1/100)) = 0.0504975, z = (0.90 - 0.80) / SE = 1.980295,
+    # one-sided p = P(Z > z) = 0.023835 (normal tail by scipy).
+    result = worse_proportion_test(80, 100, 90, 100)
+    assert result.z == pytest.approx(1.980295, abs=1e-6)
+    assert result.p_value == pytest.approx(stats.norm.sf(1.980295), abs=1e-6)
+    assert result.p_value == pytest.approx(0.023835, abs=1e-6)
+    # With a margin (non-inferiority), the unpooled (Wald) standard error:
+    # SE = sqrt(0.8 * 0.2 / 100 + 0.9 * 0.1 / 100) = 0.05, z = (0.90 - 0.05 - 0.80) / 0.05 = 1.0.
+    with_margin = worse_proportion_test(80, 100, 90, 100, margin=0.05)
+    assert with_margin.z == pytest.approx(1.0, abs=1e-9)
+    assert with_margin.p_value == pytest.approx(stats.norm.sf(1.0), abs=1e-9)
