@@ -7,7 +7,7 @@ PYTHON ?= .venv/bin/python
 MLOPS ?= $(PYTHON) -m mlops_operator
 CLUSTER ?= mlops
 
-.PHONY: cluster images deploy demo e2e down test promrules
+.PHONY: cluster images deploy demo e2e down test promrules mutation
 
 cluster:
 	$(MLOPS) cluster create --name $(CLUSTER)
@@ -34,3 +34,9 @@ test:
 # manifests/prometheus/rules.promtool.yaml from rules.yaml (checked by tests/unit/test_alerts.py).
 promrules:
 	$(PYTHON) tests/unit/test_alerts.py
+
+# Mutation testing of reconcile/ and the artifact store on a copy of the checkout, a seeded
+# sample (tests/mutation/run.py says how; SAMPLE=N for more): score and survivors.
+SAMPLE ?= 50
+mutation:
+	$(PYTHON) tests/mutation/run.py --sample $(SAMPLE)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mlops_operator.api import API_VERSION
 from mlops_operator.version import __version__
@@ -28,6 +31,8 @@ HANDLERS_MODULE = "mlops_operator.kopf_handlers"
 
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_LIVENESS_PORT = 8081
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command whose reader left
+EXIT_NO_CLUSTER = 1
 
 
 def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
@@ -102,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    status = func(args)
+    try:
+        status = func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mlops local get mlops -o json | head -1`): it had what it
+        # wanted. Point stdout at /dev/null so the interpreter's final flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0 if status is None else int(status)
 
 
@@ -166,7 +178,32 @@ def kopf_run_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def no_cluster_reason(environ: Mapping[str, str], home: Path) -> str | None:
+    """Why kopf would find no cluster to log in to, or None: not inside a pod, and no
+    kubeconfig (KUBECONFIG, else ~/.kube/config) with a current context. kopf would retry
+    its login forever; a newcomer needs one line instead."""
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return None  # in a pod: the service account's token and CA
+    named = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    files = [Path(p) for p in named] if named else [home / ".kube" / "config"]
+    existing = [f for f in files if f.is_file()]
+    if not existing:
+        return f"no Kubernetes cluster is configured (no kubeconfig at {', '.join(map(str, files))}, not in a pod)"
+    for file in existing:
+        try:
+            if (yaml.safe_load(file.read_text()) or {}).get("current-context"):
+                return None
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return f"no Kubernetes cluster is configured ({', '.join(map(str, existing))} has no current-context)"
+
+
 def _run(args: argparse.Namespace) -> int:
+    reason = no_cluster_reason(os.environ, Path.home())
+    if reason is not None:
+        print(f"error: {reason}; create one with `mlops cluster create`, or run everything on this machine "
+              "with `mlops local up -f examples/iris/`", file=sys.stderr)
+        return EXIT_NO_CLUSTER
     import kopf
 
     kopf.configure(

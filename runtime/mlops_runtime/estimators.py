@@ -104,6 +104,15 @@ def check_params(estimator: type, params: Mapping[str, Any], path: str) -> None:
         )
 
 
+def check_estimator(path: str, params: Mapping[str, Any], allowed: Iterable[str] = DEFAULT_ALLOWED) -> None:
+    """Every check a run makes on its estimator before any data is read (allow-list, import,
+    parameter names), raising the same UserError. The operator calls it to judge an
+    Experiment once, before any trial exists, so the two can never disagree. Parameters
+    addressed to a pipeline step (`step__param`) are left to the run, which builds the steps."""
+    own = {name: value for name, value in params.items() if "__" not in name}
+    check_params(resolve_estimator(path, allowed), own, path)
+
+
 def _instantiate(cls: type, params: Mapping[str, Any], seed: int, path: str) -> Any:
     check_params(cls, params, path)
     arguments = dict(params)

@@ -78,7 +78,7 @@ def test_progress_tells_trials_leaderboard_versions_and_canary() -> None:
     progress.observe(cluster)
     assert lines == [
         "model version iris-v1 registered: iris v1 from iris-t001 (accuracy=0.95)",
-        "model version iris-v1 REJECTED: accuracy=0.95 FAIL threshold 0.99 (below 0.99)",
+        "model version iris-v1 REJECTED: accuracy FAIL: below 0.99",
     ]
 
     lines.clear()
@@ -173,3 +173,57 @@ def test_manifest_problems_are_all_reported_and_duplicates_refused(tmp_path: Pat
     assert any("missing.yaml: no such file or folder" in m for m in messages)
     assert any("(document 3): a resource must be a mapping" in m for m in messages)
     assert any("ConfigMap/one: defined twice" in m for m in messages)
+
+
+def test_a_gate_lost_against_the_champion_says_so_not_that_the_threshold_failed() -> None:
+    from mlops_operator.api.ml import ValidationGate
+    from mlops_operator.reconcile.model_version import ChampionFacts, evaluate_gate
+
+    gate = ValidationGate.model_validate({"metric": "roc_auc", "threshold": 0.95, "minAbsoluteChange": 0.0})
+    result = evaluate_gate(gate, {"roc_auc": 0.9757}, ChampionFacts("iris-v1", "iris", {"roc_auc": 0.997}))
+    line = display.fmt_gate(result.dump())
+    assert line == ("roc_auc FAIL: roc_auc=0.9757 lost against champion iris-v1 0.997 "
+                    "(improvement -0.0213, required +0); roc_auc=0.9757 >= 0.95")
+    passed = evaluate_gate(gate, {"roc_auc": 0.999}, ChampionFacts("iris-v1", "iris", {"roc_auc": 0.997}))
+    assert display.fmt_gate(passed.dump()) == "roc_auc=0.999 pass threshold 0.95 champion iris-v1 0.997"
+
+
+@pytest.mark.parametrize("search, says", [({"maxTrials": 1}, "1 at a time"), ({"maxTrials": 8}, "2 at a time"),
+                                          ({"maxTrials": 8, "parallelism": 4}, "4 at a time")])
+def test_the_experiment_line_shows_the_parallelism_the_reconciler_uses(search, says) -> None:
+    cluster = LocalCluster()
+    lines: list[str] = []
+    progress = display.Progress(lines.append, lambda namespace, name: None, lambda obj: None)
+    cluster.create({"apiVersion": "mlops.seed.io/v1alpha1", "kind": "Experiment",
+                    "metadata": {"name": "iris", "namespace": "default"},
+                    "spec": {"model": "iris", "dataset": {"uri": "sklearn://iris"},
+                             "estimator": "sklearn.tree.DecisionTreeClassifier", "search": search}})
+    progress.observe(cluster)
+    assert any(says in line for line in lines), lines
+
+
+def test_a_failed_trial_is_told_once_not_again_by_each_warning_event() -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+    from _training_world import World, experiment_manifest
+
+    world = World()
+    lines: list[str] = []
+    progress = display.Progress(lines.append)
+    world.create(experiment_manifest(search={"maxTrials": 2, "parallelism": 1, "maxFailedTrials": 0, "space": {}}))
+    world.settle()
+    progress.observe(world.cluster)
+    world.finish_running_jobs(lambda run: (2, json.dumps(
+        {"status": "Failed", "reason": "InvalidParameter", "message": "C must be > 0", "metrics": {}})))
+    world.settle()
+    progress.observe(world.cluster)
+    assert sum("C must be > 0" in line for line in lines) == 1, lines
+    assert sum("more than maxFailedTrials=0" in line for line in lines) == 1, lines
+    # A Warning that tells something new is still shown.
+    world.cluster.create({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "x.1", "namespace": "team-a"},
+                          "type": "Warning", "reason": "ModelVersionNotFound", "message": "no Validated version",
+                          "involvedObject": {"kind": "InferenceService", "name": "iris"}})
+    progress.observe(world.cluster)
+    assert lines[-1] == "warning: InferenceService/iris: ModelVersionNotFound: no Validated version"

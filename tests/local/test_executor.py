@@ -49,7 +49,7 @@ def executor(cluster: LocalCluster, tmp_path: Path) -> Iterator[Executor]:
     assert not [pid for pid in pids if is_alive(pid)]
 
 
-def run_until(executor: Executor, done: Callable[[], Any], timeout: float = 20.0) -> Any:
+def run_until(executor: Executor, done: Callable[[], Any], timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         executor.step()
@@ -180,7 +180,7 @@ def test_a_pod_waits_for_a_missing_secret(cluster: LocalCluster, executor: Execu
     assert events and events[0]["type"] == "Warning"
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": "default"},
                     "stringData": {"token": "t"}})
-    assert run_until(executor, lambda: job_condition(cluster, "needs-secret"), timeout=30)["type"] == "Complete"
+    assert run_until(executor, lambda: job_condition(cluster, "needs-secret"), timeout=120)["type"] == "Complete"
 
 
 def test_a_deleted_job_stops_its_process(cluster: LocalCluster, executor: Executor) -> None:

@@ -29,7 +29,7 @@ TINY_SERVER = str(Path(__file__).with_name("tiny_server.py"))
 
 def mlops(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mlops_operator", "local", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=180)
+                          capture_output=True, timeout=600)
 
 
 def web(flavour: str) -> list[dict[str, Any]]:
@@ -55,7 +55,7 @@ def write(path: Path, documents: list[dict[str, Any]]) -> Path:
 
 
 def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=60) as response:
         return response.read().decode()
 
 
@@ -87,6 +87,7 @@ def test_commands_without_an_instance_say_what_to_do(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a dozen commands, each a Python start-up: minutes on a loaded machine
 def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resumed(tmp_path: Path) -> None:
     state = tmp_path / ".mlops"
     up = mlops(tmp_path, "up", "-f", str(write(tmp_path / "web.yaml", web("one"))), "--exit-when-settled")
@@ -115,7 +116,7 @@ def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resume
         assert fetch(url + "/env/FLAVOUR") == "two"  # settled: the new pod serves, the old one is gone
 
         second = subprocess.run([sys.executable, "-m", "mlops_operator.local.instance", str(state)],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=300)
         assert second.returncode == 1 and "already runs" in second.stderr
 
         follower = subprocess.Popen([sys.executable, "-m", "mlops_operator", "local", "up"], cwd=tmp_path,
@@ -125,7 +126,7 @@ def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resume
             if "keeps running" in line:
                 break
         follower.send_signal(signal.SIGINT)
-        rest, _ = follower.communicate(timeout=30)
+        rest, _ = follower.communicate(timeout=300)
         assert follower.returncode == 0 and "detached: the local instance keeps running" in rest
         assert is_alive(control.pid) and fetch(url + "/env/FLAVOUR") == "two"
 
@@ -150,13 +151,14 @@ def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resume
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_an_instance_whose_folder_is_removed_stops_with_its_processes(tmp_path: Path) -> None:
     up = mlops(tmp_path, "up", "-f", str(write(tmp_path / "web.yaml", web("one"))), "--exit-when-settled")
     assert up.returncode == 0, up.stdout + up.stderr
     ours = client.own_pids(tmp_path / ".mlops")
     assert len(ours) == 4  # the instance, the S3 server, the Service proxy, the web server
     shutil.rmtree(tmp_path / ".mlops")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while any(is_alive(pid) for pid in ours) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [pid for pid in ours if is_alive(pid)] == []

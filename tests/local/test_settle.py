@@ -71,3 +71,20 @@ def test_what_counts_as_failed() -> None:
     assert result.settled  # a Failed service's deployments are not waited for
     assert [f.split(":")[0] for f in result.failed] == [
         "Experiment default/iris", "TrainingRun default/one-off", "InferenceService default/other", "Job default/a"]
+
+
+def test_a_refused_spec_is_settled_and_failed_until_it_changes() -> None:
+    stalled = {"type": "Stalled", "status": "True", "reason": "InvalidSpec", "observedGeneration": 1,
+               "message": "spec.estimator: estimator 'sklearn.x.Y': module 'sklearn.x' cannot be imported"}
+    refused = obj("Experiment", "badest", None)
+    refused["status"] = {"conditions": [stalled], "observedGeneration": 1}
+    result = assess([refused], [])
+    assert result.settled
+    assert result.failed == ["Experiment default/badest: InvalidSpec: spec.estimator: estimator 'sklearn.x.Y': "
+                             "module 'sklearn.x' cannot be imported"]
+    edited = obj("Experiment", "badest", None, generation=2)  # a new spec: judged again, so not yet settled
+    edited["status"] = {"conditions": [stalled], "observedGeneration": 1}
+    assert not assess([edited], []).settled
+    fixed = obj("Experiment", "badest", "Running", generation=2, observed=2)
+    fixed["status"]["conditions"] = [{**stalled, "status": "False", "observedGeneration": 2}]
+    assert not assess([fixed], []).settled and assess([fixed], []).failed == []

@@ -6,6 +6,11 @@ into processes and its ConfigMap into the router's config file (as local mode do
 
 A good challenger is promoted; a wrong model (a majority-class dummy: no errors, poor
 accuracy) and a challenger that dies mid-rollout are rolled back; clients never see an error.
+
+Nothing here depends on the machine's speed: the controller's clock is the test's (it moves
+a quarter second per pass), each pass waits for a fixed amount of new client traffic, and
+every wait is for a condition (a process ready, the router serving the projected config,
+traffic flowing) with a generous deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,19 @@ NS = "canary"
 MV_API = "mlops.seed.io/v1alpha1"
 IRIS = load_iris()
 ROWS = [(row.tolist(), int(label)) for row, label in zip(IRIS.data, IRIS.target)]
-RUN_TIMEOUT = 150.0
+RUN_TIMEOUT = 600.0  # a deadline for a loaded machine, not an expectation
+PASS = timedelta(seconds=0.25)  # the controller's clock moves this much per pass
+REQUESTS_PER_PASS = 16  # 128 per 2 s interval: 32 at a 25 % step, minSampleSize is 20
+pytestmark = pytest.mark.timeout(1500)
+
+
+def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.02) -> None:
+    """Poll `condition` until it holds; an AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
 
 
 def train_versions(s3: Any, bucket: str, tmp: Path) -> dict[str, dict[str, Any]]:
@@ -150,7 +167,8 @@ class LocalKubelet:
                 self.processes[name] = (key, process)
                 self.project_config(force=True)
                 if current is not None:
-                    time.sleep(1.0)
+                    # The old pod goes once nothing routes to it: the router serves the new
+                    # config (its SIGTERM lets requests in flight finish).
                     current[1].stop()
                     self.stopped.append(current[1])
                 if self.on_change is not None:
@@ -163,6 +181,9 @@ class LocalKubelet:
         self.project_config()
 
     def project_config(self, force: bool = False) -> None:
+        """Write the ConfigMap's router.json (URLs mapped) as the kubelet would, then wait
+        until the router serves it: it polls the file, and what the test does next (stop an
+        old pod, count traffic at a new weight) must not race that poll."""
         try:
             cm = self.cluster.list("v1", "ConfigMap", NS)
         except NotFound:
@@ -172,6 +193,25 @@ class LocalKubelet:
             if force or text != self.config_text:
                 write_configmap(self.config_dir, text)
                 self.config_text = text
+                self.wait_router_follows()
+
+    def wait_router_follows(self) -> None:
+        router = self.processes.get("iris-router")
+        if router is None or self.config_text is None:
+            return
+        wanted = json.loads(self.config_text)
+
+        def serves_it() -> bool:
+            try:
+                view = httpx.get(router[1].url + "/admin/config", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            challenger = (wanted.get("challenger") or "").rstrip("/") or None
+            return (view["champion"] == wanted["champion"].rstrip("/") and view["challenger"] == challenger
+                    and float(view["weight"]) == float(wanted.get("weight") or 0)
+                    and view["mode"] == wanted.get("mode", "canary"))
+
+        wait_for(serves_it, "the router to serve the projected config")
 
     def stop_all(self) -> None:
         for _, process in self.processes.values():
@@ -194,7 +234,17 @@ class Traffic:
     def __enter__(self) -> Traffic:
         for thread in self.threads:
             thread.start()
+        wait_for(lambda: self.statuses[200] >= 20, "clients to be answered")  # traffic flows
         return self
+
+    def made(self) -> int:
+        return sum(self.statuses.values())
+
+    def wait_for_more(self, requests: int) -> None:
+        """Block until the clients made `requests` more calls: what one controller pass sees
+        does not depend on how fast the machine is."""
+        target = self.made() + requests
+        wait_for(lambda: self.made() >= target, f"{requests} more client requests")
 
     def __exit__(self, *exc: object) -> None:
         self.stop_flag.set()
@@ -234,7 +284,7 @@ def world(s3: Any, trained: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
         cluster.patch_status(MV_API, "ModelVersion", NS, name, {"phase": "Validated"})
     kubelet = LocalKubelet(cluster, s3, tmp_path)
     try:
-        yield {"cluster": cluster, "kubelet": kubelet}
+        yield {"cluster": cluster, "kubelet": kubelet, "clock": Clock()}
     finally:
         kubelet.stop_all()
 
@@ -254,16 +304,32 @@ def inference_service(challenger: str | None, **rollout: Any) -> dict[str, Any]:
             "spec": spec}
 
 
-def control_loop(cluster: InMemoryCluster, kubelet: LocalKubelet, until, *, during=None,
+class Clock:
+    """The controller's clock: it moves one PASS per pass, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def tick(self) -> datetime:
+        self.now += PASS
+        return self.now
+
+
+def control_loop(world: dict[str, Any], until, *, during=None, traffic: Traffic | None = None,
                  timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
-    """Reconcile every 0.25 s, then let the kubelet catch up, until `until(status)`."""
-    reader = MetricsReader(url_for=kubelet.url_for, timeout=2.0)
+    """Pass after pass: (with traffic) wait for REQUESTS_PER_PASS more client calls, reconcile
+    at the next tick of the clock, let the kubelet catch up; until `until(status)`."""
+    cluster, kubelet, clock = world["cluster"], world["kubelet"], world["clock"]
+    reader = MetricsReader(url_for=kubelet.url_for, timeout=10.0)
     settings = Settings(s3_endpoint=None)
     deadline = time.monotonic() + timeout
     trail: list[str] = []
+    status: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        if traffic is not None:
+            traffic.wait_for_more(REQUESTS_PER_PASS)
         obj = cluster.get(MV_API, "InferenceService", NS, "iris")
-        controller.sync(cluster, obj, datetime.now(UTC), metrics_reader=reader, settings=settings)
+        controller.sync(cluster, obj, clock.tick(), metrics_reader=reader, settings=settings)
         kubelet.step()
         status = cluster.get(MV_API, "InferenceService", NS, "iris").get("status") or {}
         line = f"{status.get('phase')} {status.get('rolloutStage')} {status.get('split')}"
@@ -273,14 +339,14 @@ def control_loop(cluster: InMemoryCluster, kubelet: LocalKubelet, until, *, duri
             during(status)
         if until(status):
             return {"status": status, "trail": trail}
-        time.sleep(0.25)
+        if traffic is None:
+            time.sleep(0.05)  # nothing to pace on: do not spin
     last = (status.get("lastAnalysis") or {}).get("message")
     raise AssertionError(f"timed out; trail {trail}; last analysis: {last}")
 
 
 def serve_champion_only(world: dict) -> None:
-    cluster, kubelet = world["cluster"], world["kubelet"]
-    control_loop(cluster, kubelet, lambda s: s.get("phase") == "Stable" and any(
+    control_loop(world, lambda s: s.get("phase") == "Stable" and any(
         c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions", [])), timeout=120)
 
 
@@ -296,11 +362,10 @@ def test_a_good_challenger_is_promoted_without_a_client_error(world):
     cluster.create(inference_service(None))
     serve_champion_only(world)
     with Traffic(lambda: kubelet.services["iris"]) as traffic:
-        time.sleep(1.0)
         start_rollout(world, "iris-v2")
         weights: list[str] = []
-        result = control_loop(cluster, kubelet, lambda s: s.get("phase") == "Stable" and s.get("previous"),
-                              during=lambda s: weights.append(s.get("split")))
+        result = control_loop(world, lambda s: s.get("phase") == "Stable" and s.get("previous"),
+                              during=lambda s: weights.append(s.get("split")), traffic=traffic)
     status = result["status"]
     assert (status["champion"], status["previous"]) == ("iris-v2", "iris-v1"), result["trail"]
     seen = [w for i, w in enumerate(weights) if i == 0 or weights[i - 1] != w]
@@ -322,9 +387,9 @@ def test_a_wrong_model_is_rolled_back_on_online_accuracy_without_a_client_error(
     cluster.create(inference_service(None))
     serve_champion_only(world)
     with Traffic(lambda: kubelet.services["iris"]) as traffic:
-        time.sleep(1.0)
         start_rollout(world, "iris-v3")
-        result = control_loop(cluster, kubelet, lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"))
+        result = control_loop(world, lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"),
+                              traffic=traffic)
     status = result["status"]
     assert status["champion"] == "iris-v1" and status["rolledBackVersions"] == ["iris-v3"]
     checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
@@ -350,10 +415,9 @@ def test_a_challenger_that_dies_is_rolled_back_and_clients_never_notice(world):
             killed.append(True)
 
     with Traffic(lambda: kubelet.services["iris"]) as traffic:
-        time.sleep(1.0)
         start_rollout(world, "iris-v2")
-        result = control_loop(cluster, kubelet, lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"),
-                              during=kill_at_25)
+        result = control_loop(world, lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"),
+                              during=kill_at_25, traffic=traffic)
     status = result["status"]
     assert killed and status["champion"] == "iris-v1" and status["rolledBackVersions"] == ["iris-v2"]
     checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
@@ -370,15 +434,14 @@ def test_shadow_mirrors_then_switches_to_a_good_challenger(world):
     answered_in_shadow: Counter[str] = Counter()
 
     with Traffic(lambda: kubelet.services["iris"]) as traffic:
-        time.sleep(1.0)
         start_rollout(world, "iris-v2")
 
         def during(status: dict) -> None:
             if status.get("split") == "100/0 shadow":
                 answered_in_shadow.update(traffic.versions)
 
-        result = control_loop(cluster, kubelet, lambda s: s.get("phase") == "Stable" and s.get("previous"),
-                              during=during)
+        result = control_loop(world, lambda s: s.get("phase") == "Stable" and s.get("previous"),
+                              during=during, traffic=traffic)
     status = result["status"]
     assert "Progressing Analysing 100/0 shadow" in result["trail"]
     assert (status["champion"], status["previous"]) == ("iris-v2", "iris-v1")
@@ -453,10 +516,9 @@ def test_analysis_through_a_real_prometheus_rolls_back_a_wrong_model(world, tmp_
         serve_champion_only(world)
         prometheus.write_targets([p for _, p in kubelet.processes.values()])
         with Traffic(lambda: kubelet.services["iris"]) as traffic:
-            time.sleep(1.0)
             start_rollout(world, "iris-v3")
-            result = control_loop(cluster, kubelet,
-                                  lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"))
+            result = control_loop(world, lambda s: s.get("phase") == "RolledBack" and not s.get("rolloutStage"),
+                                  traffic=traffic)
         status = result["status"]
         assert status["rolledBackVersions"] == ["iris-v3"]
         checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}

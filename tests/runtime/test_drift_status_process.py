@@ -89,15 +89,16 @@ def test_shifted_inputs_make_the_service_drifted(s3: Any, trained: dict[str, Any
     try:
         server.wait_ready(timeout=60)
         urls["iris-champion"] = server.url
-        # Served, but no inputs yet: no gauges, and the status says nothing about drift.
-        time.sleep(1.5)
+        # Served, but no inputs yet: the status says nothing about drift. (That a drift pass
+        # over no rows publishes nothing is the unit tier's to show: waiting here for a pass
+        # that leaves no trace could only be a fixed sleep.)
         assert "drift" not in sync()
 
         # Inputs far from the training data: every feature scaled up threefold.
         shifted = [[float(v) * 3.0 + 2.0 for v in row] for row in IRIS.data[:80]]
         answer = httpx.post(server.url + "/predict", json={"instances": shifted}, timeout=10)
         assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # generous: a drift pass a second, on a loaded machine
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = sync()

@@ -240,7 +240,7 @@ def test_shadow_mode_never_changes_a_response(stack: dict) -> None:
         assert status == 200 and headers["x-mlops-variant"] == "champion"
         assert body["version"] == "v1" and body["predictions"] == expected["predictions"]
         assert body["probabilities"] == expected["probabilities"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: a loaded machine
     while time.monotonic() < deadline:
         delta = {o: metric(router.url, "mlops_router_shadow_total", outcome=o) - before[o] for o in before}
         if sum(delta.values()) >= len(bodies):
@@ -293,7 +293,7 @@ def test_config_file_changes_apply_without_a_restart(stack: dict) -> None:
     router, configmap = stack["router"], stack["configmap"]
 
     def config_seen(accept: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: a loaded machine
         while time.monotonic() < deadline:
             seen = httpx.get(router.url + "/admin/config").json()
             if accept(seen):
@@ -306,7 +306,7 @@ def test_config_file_changes_apply_without_a_restart(stack: dict) -> None:
     seen = config_seen(lambda c: c["weight"] == 37.5)
     assert seen["mode"] == "shadow" and seen["configFile"].endswith("router.json")
     write_configmap(configmap, {"champion": stack["champion"].url, "weight": 250})  # invalid: kept out
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: a loaded machine
     while "weight must be a number from 0 to 100" not in router.log_tail(20_000):
         assert time.monotonic() < deadline, router.log_tail()
         time.sleep(0.1)

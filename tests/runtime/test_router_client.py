@@ -52,6 +52,14 @@ class Server:
             writer.close()
 
 
+async def until(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """Wait for `condition` on the running loop (the servers share it), not for a time."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Server], asyncio.Future]]:
     started: list[asyncio.base_events.Server] = []
@@ -82,7 +90,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(serve) -> N
     server = Server(OK, close_after=0.05)
     upstream = Upstream(await serve(server), timeout=2)
     assert (await upstream.call("POST", "/predict", b"{}", {})).status == 200
-    await asyncio.sleep(0.2)  # the server has closed the pooled connection by now
+    await until(lambda: upstream.idle and all(c.closed for c in upstream.idle))  # the close reached the client
     assert (await upstream.call("POST", "/predict", b"{}", {})).status == 200
     assert server.connections == 2 and len(server.requests) == 2  # nothing sent twice to a live server
     upstream.close()

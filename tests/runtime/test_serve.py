@@ -287,7 +287,7 @@ def test_feedback_updates_online_accuracy(servers: dict) -> None:
     assert sample(samples, "mlops_feedback_total", outcome="incorrect") == 2
 
 
-def wait_for_gauge(url: str, name: str, feature: str, accept: Any, timeout: float = 10.0) -> float:
+def wait_for_gauge(url: str, name: str, feature: str, accept: Any, timeout: float = 60.0) -> float:
     deadline = time.monotonic() + timeout
     value = float("nan")
     while time.monotonic() < deadline:

@@ -243,7 +243,7 @@ def test_run_serves_liveness_and_metrics_and_stops_on_sigterm(api_server):
         assert status == 200
         assert "# TYPE mlops_reconcile_total counter" in text  # the operator's own metrics are registered
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        output, _ = process.communicate(timeout=120)
         assert process.returncode == 0, output[-3000:]
         assert "login_via_client' succeeded" in output  # it used the kubeconfig's cluster
     finally:

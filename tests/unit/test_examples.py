@@ -258,6 +258,11 @@ def test_defaults_are_applied_before_the_cel_rules():
     schema = crd_schema("Experiment")
     spec = {"model": "x", "dataset": {"uri": "sklearn://iris"}, "estimator": "a.B", "search": {"maxTrials": 1}}
     defaulted = with_defaults(schema["properties"]["spec"], spec)
-    assert defaulted["search"]["parallelism"] == 2  # the default, which exceeds maxTrials 1
-    refusals = cel_refusals(schema["properties"]["spec"], defaulted, "spec")
+    assert defaulted["search"]["maxFailedTrials"] == 3
+    # parallelism has no default in the schema (it follows maxTrials), so a search of one
+    # trial is valid as written; a written parallelism above maxTrials is refused.
+    assert "parallelism" not in defaulted["search"]
+    assert cel_refusals(schema["properties"]["spec"], defaulted, "spec") == []
+    spec["search"]["parallelism"] = 2
+    refusals = cel_refusals(schema["properties"]["spec"], with_defaults(schema["properties"]["spec"], spec), "spec")
     assert [r.path for r in refusals] == ["spec.search.parallelism"]

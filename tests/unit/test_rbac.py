@@ -155,8 +155,9 @@ def training_scenario() -> set[Permission]:
     """An Experiment run to the end by the experiment, training-run and model-version
     controllers, one trial failing with a user error; the test plays the Job controller and
     the kubelet (tests/unit/_training_world.py). Its retrain schedule then comes due, which
-    starts a retrain Experiment. Then each kind once more from a stale copy, as after a lost
-    race, which makes the controllers read the object again."""
+    starts a retrain Experiment, and a second Experiment fails with a trial still running (it
+    deletes that trial). Then each kind once more from a stale copy, as after a lost race,
+    which makes the controllers read the object again."""
     from _training_world import SETTINGS, World, experiment_manifest, score, success_summary
 
     from mlops_operator.controllers import experiment, model_version, training_run
@@ -185,6 +186,17 @@ def training_scenario() -> set[Permission]:
     experiment.sync(cluster, world.get("Experiment", "iris"), world.clock, SETTINGS)
     assert world.get("Experiment", "iris-r1"), "the retrain did not start"
     experiment.sync(cluster, created, world.clock, SETTINGS)
+    # A second Experiment fails while a trial still runs: it stops (deletes) that trial.
+    world.create(experiment_manifest(name="doomed", search={"maxTrials": 2, "parallelism": 2, "maxFailedTrials": 0}))
+    for _ in range(3):
+        world.sync_all(cluster)
+    world.finish_job("doomed-t001-trainer", exit_code=2, message=json.dumps(
+        {"status": "Failed", "reason": "UnknownParameter", "message": "no parameter x"}))
+    for _ in range(3):
+        world.sync_all(cluster)
+    assert world.get("Experiment", "doomed")["status"]["phase"] == "Failed"
+    assert [r["metadata"]["name"] for r in world.objects("TrainingRun", **{"mlops.seed.io/experiment": "doomed"})] \
+        == ["doomed-t001"]
     training_run.sync(cluster, _stale(world.objects("TrainingRun")[0]), world.clock, SETTINGS)
     model_version.sync(cluster, _stale(world.objects("ModelVersion")[0]), world.clock)
     return cluster.calls

@@ -63,18 +63,21 @@ CHAMP = ChampionFacts(name="iris-v1", service="iris", metrics={"accuracy": 0.93,
     (gate(metric="accuracy", minAbsoluteChange=0.01), CHAMP, True,
      "accuracy=0.95 vs champion iris-v1 0.93 (improvement +0.02, required +0.01)"),
     (gate(metric="accuracy", minAbsoluteChange=0.05), CHAMP, False,
-     "accuracy=0.95 vs champion iris-v1 0.93 (improvement +0.02, required +0.05)"),
+     "accuracy=0.95 lost against champion iris-v1 0.93 (improvement +0.02, required +0.05)"),
     (gate(metric="accuracy", minRelativeChange=0.05), CHAMP, False,
-     "accuracy=0.95 vs champion iris-v1 0.93 (improvement +0.02, required +0.0465)"),
+     "accuracy=0.95 lost against champion iris-v1 0.93 (improvement +0.02, required +0.0465)"),
     (gate(metric="log_loss", minAbsoluteChange=0.04), CHAMP, True,
      "log_loss=0.2 vs champion iris-v1 0.25 (improvement +0.05, required +0.04)"),
     # A bare gate: at least as good as the champion.
     (gate(metric="accuracy"), ChampionFacts("iris-v1", "iris", {"accuracy": 0.97}), False,
-     "accuracy=0.95 vs champion iris-v1 0.97 (improvement -0.02, required +0)"),
+     "accuracy=0.95 lost against champion iris-v1 0.97 (improvement -0.02, required +0)"),
+    # The threshold passed, the comparison did not: the message says it lost, then what passed.
+    (gate(metric="accuracy", threshold=0.9, minAbsoluteChange=0.0), ChampionFacts("iris-v1", "iris", {"accuracy": 0.97}),
+     False, "accuracy=0.95 lost against champion iris-v1 0.97 (improvement -0.02, required +0); accuracy=0.95 >= 0.9"),
     (gate(metric="accuracy", minAbsoluteChange=0.0), ChampionFacts("iris-v1", "iris", {}), True,
      "champion iris-v1 has no accuracy: nothing to compare with"),
     (gate(metric="accuracy", threshold=0.99, minAbsoluteChange=0.0), CHAMP, False,
-     "accuracy=0.95 below the threshold 0.99"),
+     "accuracy=0.95 below the threshold 0.99; accuracy=0.95 vs champion iris-v1 0.93 (improvement +0.02, required +0)"),
 ])
 def test_gates(g, champion, passed, message):
     result = evaluate_gate(g, {"accuracy": 0.95, "log_loss": 0.2}, champion)

@@ -6,7 +6,7 @@ Condition types and what their statuses mean:
   finished and registered, TrainingRun succeeded, ModelVersion validated, InferenceService
   serving); False with a reason when it cannot; Unknown while it is still working.
 - `Succeeded` (TrainingRun): True once trained, False once failed; absent before.
-- `RunsComplete` (Experiment): True when no more trials will start.
+- `RunsComplete` (Experiment): True when no trial runs and no more will start.
 - `Validated` (ModelVersion): True when every gate passed, False when one failed.
 - `Available` (InferenceService): True when the champion and router are ready.
 - `Progressing` (InferenceService): True during a rollout.

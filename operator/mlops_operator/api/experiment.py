@@ -28,6 +28,7 @@ from .ml import CrossValidation, Dataset, Objective, PipelineSteps, Validation
 
 LEADERBOARD_SIZE = 10
 PARETO_SIZE = 20
+DEFAULT_PARALLELISM = 2
 RETRAIN_HISTORY = 20
 
 
@@ -86,7 +87,8 @@ class Search(ApiModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.parallelism <= self.maxTrials",
+                    # Unset, it follows maxTrials (see running_at_once): only a written value is checked.
+                    "rule": "!has(self.parallelism) || self.parallelism <= self.maxTrials",
                     "message": "parallelism must not exceed maxTrials",
                     "fieldPath": ".parallelism",
                 }
@@ -97,7 +99,10 @@ class Search(ApiModel):
     algorithm: Literal["grid", "random", "bayesian"] = "random"
     space: dict[str, SearchParameter] = Field(default_factory=dict, max_length=64)
     max_trials: int = Field(default=10, ge=1, le=10000)
-    parallelism: int = Field(default=2, ge=1, le=1000)
+    parallelism: int | None = Field(
+        default=None, ge=1, le=1000,
+        description=f"Trials running at once; unset: {DEFAULT_PARALLELISM}, or maxTrials when that is smaller.",
+    )
     max_failed_trials: int = Field(default=3, ge=0, le=10000)
     seed: int = Field(default=0, ge=0, description="Makes random and bayesian proposals reproducible.")
     initial_random_trials: int = Field(
@@ -112,9 +117,14 @@ class Search(ApiModel):
         "model starts from; their params are never tried again.",
     )
 
+    def running_at_once(self) -> int:
+        """How many trials may be pending or running together. The default follows a small
+        maxTrials, so `search: {maxTrials: 1}` is valid as written."""
+        return min(DEFAULT_PARALLELISM, self.max_trials) if self.parallelism is None else self.parallelism
+
     @model_validator(mode="after")
     def _parallelism_within_budget(self) -> Search:
-        if self.parallelism > self.max_trials:
+        if self.parallelism is not None and self.parallelism > self.max_trials:
             raise ValueError(
                 f"parallelism: {self.parallelism} exceeds maxTrials {self.max_trials}"
             )

@@ -25,6 +25,23 @@ from .registry import register_model_version
 REASON_REGISTRATION_FAILED = "RegistrationFailed"
 
 
+def estimator_problems(exp: Experiment, settings: Settings) -> list[str]:
+    """What every trial's run would refuse before fitting (an estimator that does not import,
+    a parameter it does not have), judged once here with the runtime's own checks, so a bad
+    Experiment is one InvalidSpec and no trials. Searched parameters are checked by name.
+    Here rather than in `reconcile`: it imports scikit-learn, which the pure layers need not."""
+    from mlops_runtime.errors import UserError
+    from mlops_runtime.estimators import check_estimator
+
+    params = {**dict.fromkeys(exp.spec.search.space), **exp.spec.params}
+    try:
+        check_estimator(exp.spec.estimator, params, settings.allowed_estimators)
+    except UserError as error:
+        field = "spec.params" if error.reason == "UnknownParameter" else "spec.estimator"
+        return [f"{field}: {error.message}"]
+    return []
+
+
 def observe_trials(cluster: Cluster, obj: Obj) -> list[Obj]:
     namespace, name = meta_of(obj)
     return cluster.list(TrainingRun.api_version(), "TrainingRun", namespace, {EXPERIMENT_LABEL: name})
@@ -88,11 +105,13 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = 
     settings = settings or settings_from_env()
 
     def step(current: Obj):
-        exp = parse(Experiment, current, lambda e: logic.spec_problems(e, settings))
-        if status_phase(current) in logic.TERMINAL:
+        if status_phase(current) in logic.TERMINAL:  # a record: judged when it ran
+            exp = parse(Experiment, current, lambda e: logic.spec_problems(e, settings))
             observed = logic.ExperimentObserved(retrain=observe_retrain(cluster, current, exp))
             plan = logic.reconcile(exp, observed, now)
             return plan, _absent(plan)
+        # The pure checks first; the runtime's only for an estimator the allow-list admits.
+        exp = parse(Experiment, current, lambda e: logic.spec_problems(e, settings) or estimator_problems(e, settings))
         runs = observe_trials(cluster, current)
         own_uid = current["metadata"].get("uid")
         runs = [r for r in runs if _owned_by(r, own_uid)]

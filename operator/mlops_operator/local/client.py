@@ -9,16 +9,19 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from mlops_operator.local import display, manifests
+from mlops_operator.api import API_VERSION
+from mlops_operator.local import display, manifests, settle
 from mlops_operator.local import state as saved_state
 from mlops_operator.local.processes import is_alive, read_recorded, stop_recorded, terminate_group
 from mlops_operator.local.seaweed import SeaweedServer
+from mlops_operator.local.settle import Key
 from mlops_operator.local.state import StateDir
 
 START_TIMEOUT = 90.0
@@ -101,22 +104,28 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _print_problems(problems: list[str], err: TextIO) -> None:
-    print("error: nothing was applied:", file=err)
+def _print_problems(problems: list[str], err: TextIO, done: str = "applied") -> None:
+    print(f"error: nothing was {done}:", file=err)
     for problem in problems:
         print(f"  {problem}", file=err)
 
 
-def _apply_objects(control: Control, objects: list[dict[str, Any]], out: TextIO, err: TextIO) -> bool:
-    code, body = control.call("POST", "/apply", objects)
-    if code != 200:
-        _print_problems(body.get("problems") or [str(body)], err)
-        return False
-    for result in body["results"]:
+def _print_results(results: list[dict[str, str]], out: TextIO) -> None:
+    """One `kubectl`-style line per object: `experiments.mlops.seed.io/iris created`."""
+    for result in results:
         group = result["apiVersion"].split("/")[0] if "/" in result["apiVersion"] else ""
         plural = result["kind"].lower() + "s"
         print(f"{plural}{'.' + group if group else ''}/{result['name']} {result['action']}", file=out)
-    return True
+
+
+def _apply_objects(control: Control, objects: list[dict[str, Any]], out: TextIO, err: TextIO) -> list[Key] | None:
+    """Apply `objects`; the keys of what was applied, or None (the problems are printed)."""
+    code, body = control.call("POST", "/apply", objects)
+    if code != 200:
+        _print_problems(body.get("problems") or [str(body)], err)
+        return None
+    _print_results(body["results"], out)
+    return [(r["kind"], r["namespace"], r["name"]) for r in body["results"]]
 
 
 def up(state_dir: Path, files: list[Path], exit_when_settled: bool, timeout: float | None,
@@ -144,14 +153,18 @@ def up(state_dir: Path, files: list[Path], exit_when_settled: bool, timeout: flo
     except InstanceError as error:
         print(f"error: {error}", file=err)
         return EXIT_FAILED
-    if objects and not _apply_objects(control, objects, out, err):
-        return EXIT_USAGE
-    return follow(paths, control, offset, exit_when_settled, timeout, out, err)
+    roots: list[Key] | None = None  # without -f, `up` answers for everything the instance holds
+    if objects:
+        roots = _apply_objects(control, objects, out, err)
+        if roots is None:
+            return EXIT_USAGE
+    return follow(paths, control, offset, exit_when_settled, timeout, out, err, roots)
 
 
 def follow(paths: StateDir, control: Control, offset: int, exit_when_settled: bool, timeout: float | None,
-           out: TextIO, err: TextIO) -> int:
-    """Print the instance's progress lines; with `exit_when_settled`, return once settled."""
+           out: TextIO, err: TextIO, roots: list[Key] | None = None) -> int:
+    """Print the instance's progress lines; with `exit_when_settled`, return once settled,
+    failed (1) if anything of `roots` (and what they own) failed."""
     deadline = None if timeout is None else time.monotonic() + timeout
     announced = False
     try:
@@ -168,11 +181,12 @@ def follow(paths: StateDir, control: Control, offset: int, exit_when_settled: bo
             if status.get("settled"):
                 _print_new_lines(paths.progress_log, offset, out)
                 if exit_when_settled:
-                    _print_summary(status, out)
-                    return EXIT_FAILED if status.get("failed") else EXIT_OK
+                    ours, others = failures(control, status, roots)
+                    _print_summary(status, ours, others, out)
+                    return EXIT_FAILED if ours else EXIT_OK
                 if not announced:
                     announced = True
-                    _print_summary(status, out)
+                    _print_summary(status, *failures(control, status, roots), out)
                     print("the local instance keeps running; Ctrl-C detaches, `mlops local down` stops it",
                           file=out)
             if deadline is not None and time.monotonic() > deadline:
@@ -202,11 +216,33 @@ def _print_new_lines(path: Path, offset: int, out: TextIO) -> int:
     return offset + len(complete)
 
 
-def _print_summary(status: dict[str, Any], out: TextIO) -> None:
-    failed = status.get("failed") or []
-    print("settled" + (f", {len(failed)} failed:" if failed else ": nothing failed"), file=out)
-    for item in failed:
+def failures(control: Control, status: dict[str, Any], roots: list[Key] | None) -> tuple[list[str], list[str]]:
+    """(what failed among `roots` and what they own, what else the instance reports failed).
+    An earlier failed Experiment must not fail every later `up -f` of something else."""
+    failed = list(status.get("failed") or [])
+    if roots is None:
+        return failed, []
+    objects = [o for kind in settle.TERMINAL_PHASES for o in _list(control, API_VERSION, kind)]
+    objects += _list(control, "batch/v1", "Job")
+    scoped = settle.owned_by(objects, roots)
+    ours = settle.assess(scoped, [], [o for o in scoped if o.get("kind") == "Job"]).failed
+    return ours, [item for item in failed if item not in ours]
+
+
+def _list(control: Control, api_version: str, kind: str) -> list[dict[str, Any]]:
+    code, body = control.call("GET", "/objects?" + urllib.parse.urlencode({"apiVersion": api_version, "kind": kind}))
+    return body.get("items", []) if code == 200 else []
+
+
+def _print_summary(status: dict[str, Any], ours: list[str], others: list[str], out: TextIO) -> None:
+    print("settled" + (f", {len(ours)} failed:" if ours else ": nothing failed"), file=out)
+    for item in ours:
         print(f"  {item}", file=out)
+    if others:
+        print(f"{len(others)} failed earlier (not applied by this command; `mlops local delete KIND NAME` "
+              "removes them):", file=out)
+        for item in others:
+            print(f"  {item}", file=out)
     for service in status.get("services") or []:
         if service.get("url"):
             print(f"service {service['name']} (champion {service.get('champion')}) answers at {service['url']}",
@@ -226,7 +262,50 @@ def apply(state_dir: Path, files: list[Path], out: TextIO = sys.stdout, err: Tex
     if control is None:
         print(f"error: no local instance runs from {paths.root}/: start one with `mlops local up -f PATH`", file=err)
         return EXIT_FAILED
-    return EXIT_OK if _apply_objects(control, objects, out, err) else EXIT_USAGE
+    return EXIT_OK if _apply_objects(control, objects, out, err) is not None else EXIT_USAGE
+
+
+def delete(state_dir: Path, files: list[Path] | None, kind: str | None, names: list[str], namespace: str | None,
+           out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """`delete -f FILE` or `delete KIND NAME...`: the objects go, and what they own with them."""
+    paths = StateDir(state_dir)
+    try:
+        references = _references(files, kind, names, namespace)
+    except manifests.ManifestError as error:
+        _print_problems([str(p) for p in error.problems], err, done="deleted")
+        return EXIT_USAGE
+    except ValueError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_USAGE
+    control = attach(paths)
+    if control is None:
+        print(f"error: no local instance runs from {paths.root}/: start it with `mlops local up`", file=err)
+        return EXIT_FAILED
+    code, body = control.call("POST", "/delete", references)
+    if code != 200:
+        print(f"error: {'; '.join(body.get('problems') or [str(body)])}", file=err)
+        return EXIT_FAILED
+    _print_results(body["results"], out)
+    missing = [r for r in body["results"] if r["action"] == "not found"]
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def _references(files: list[Path] | None, kind: str | None, names: list[str],
+                namespace: str | None) -> list[dict[str, str]]:
+    """What to delete, as the instance's /delete takes it; raises ValueError or ManifestError."""
+    if files:
+        if kind or names:
+            raise ValueError("give either -f PATH or KIND NAME, not both")
+        return [{"apiVersion": o["apiVersion"], "kind": o["kind"], "namespace": o["metadata"]["namespace"],
+                 "name": o["metadata"]["name"]} for o in manifests.load(files)]
+    if not kind or not names:
+        raise ValueError("say what to delete: -f PATH, or KIND NAME (e.g. `mlops local delete experiment iris`)")
+    kinds = display.resolve_kinds(kind)
+    if len(kinds) != 1:
+        raise ValueError(f'"{kind}" names several kinds; name one (experiment, trainingrun, modelversion, ...)')
+    (api_version, kind_name), = kinds
+    return [{"apiVersion": api_version, "kind": kind_name, "namespace": namespace or manifests.DEFAULT_NAMESPACE,
+             "name": name} for name in names]
 
 
 def get(state_dir: Path, kind: str, name: str | None, namespace: str | None, output: str,
@@ -294,6 +373,9 @@ def get(state_dir: Path, kind: str, name: str | None, namespace: str | None, out
 def down(state_dir: Path, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Stop the instance and every process it started, by pid; check that none is left."""
     paths = StateDir(state_dir)
+    if not paths.root.is_dir():  # nothing ever ran here: look, but create nothing
+        print("no local instance was running", file=out)
+        return EXIT_OK
     recorded = saved_state.read_json(paths.instance_file)
     pids = _recorded_pids(paths)
     control = attach(paths)
@@ -304,7 +386,7 @@ def down(state_dir: Path, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
             time.sleep(0.1)
     if recorded and is_alive(int(recorded["pid"]), recorded.get("startTicks")):
         terminate_group(int(recorded["pid"]), recorded.get("startTicks"), 10.0)
-    leftovers = stop_recorded(paths.pids_file)
+    leftovers = stop_recorded(paths.pids_file) if paths.pids_file.exists() else []
     server = SeaweedServer.attach(paths.s3_record)
     if server is not None:
         server.stop()

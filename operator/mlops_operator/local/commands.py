@@ -3,6 +3,7 @@
     mlops local up -f PATH [--exit-when-settled]   start (or reuse) the instance, apply, follow progress
     mlops local apply -f PATH                      add or change resources in the running instance
     mlops local get KIND [NAME]                    print objects like `kubectl get`
+    mlops local delete (-f PATH | KIND NAME...)    delete objects; what they own goes with them
     mlops local down                               stop the instance and every process it started
     mlops local instance                           run the instance in the foreground (what `up` spawns)
 
@@ -60,6 +61,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_state_dir(get)
     get.set_defaults(func=_get)
 
+    delete = commands.add_parser(
+        "delete",
+        help="delete resources (and what they own) from the running instance",
+        description="Delete the resources of -f PATH, or KIND NAME..., from the running instance; what they own "
+        "(trials, Jobs, Deployments, processes) goes with them, as the cluster's garbage collector does.",
+    )
+    delete.add_argument("kind", nargs="?", help="experiment|exp, trainingrun|tr, modelversion|mv, inferenceservice|isvc, "
+                        "job, deployment, ...")
+    delete.add_argument("names", nargs="*", metavar="NAME", help="the objects of that kind to delete")
+    delete.add_argument("-n", "--namespace", default=None, help="their namespace (default: default)")
+    _add_files(delete, required=False)
+    _add_state_dir(delete)
+    delete.set_defaults(func=_delete)
+
     down = commands.add_parser("down", help="stop the instance and every process it started (data is kept)")
     _add_state_dir(down)
     down.set_defaults(func=_down)
@@ -113,6 +128,12 @@ def _get(args: argparse.Namespace) -> int:
     from mlops_operator.local import client
 
     return client.get(args.state_dir, args.kind, args.name, args.namespace, args.output)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from mlops_operator.local import client
+
+    return client.delete(args.state_dir, args.files, args.kind, args.names, args.namespace)
 
 
 def _down(args: argparse.Namespace) -> int:

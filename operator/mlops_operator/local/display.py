@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from mlops_operator.api import ALL_KINDS, API_VERSION
+from mlops_operator.api.experiment import Search
 from mlops_operator.cluster.port import Cluster
 
 Obj = dict[str, Any]
@@ -61,6 +65,9 @@ def fmt_params(params: Mapping[str, Any]) -> str:
                     for k, v in params.items())
 
 
+TOLD_MEMORY = 200  # progress lines a repeated Warning is compared with
+
+
 class Progress:
     """Turns changes seen in the cluster into lines for a person."""
 
@@ -77,6 +84,7 @@ class Progress:
         self._events: dict[tuple[str, str], int] = {}
         self._announced: set[Key] = set()
         self._started_runs: set[Key] = set()
+        self._told: deque[str] = deque(maxlen=TOLD_MEMORY)
 
     def observe(self, cluster: Cluster, quiet: bool = False) -> None:
         """Say what changed since the last call; `quiet` only takes note (for a resumed
@@ -115,25 +123,34 @@ class Progress:
             self._events[key] = count
             if known.get(key) == count:
                 continue
-            if not quiet and event.get("type") == "Warning":
+            if not quiet and event.get("type") == "Warning" and not self._already_told(event, lines):
                 involved = event.get("involvedObject") or {}
                 lines.append(f"warning: {involved.get('kind')}/{involved.get('name')}: "
                              f"{event.get('reason')}: {event.get('message')}")
         for line in lines:
             self.write(line)
+        self._told.extend(lines)
+
+    def _already_told(self, event: Obj, lines: list[str]) -> bool:
+        """A Warning that repeats what a progress line said (a trial's failure, told once by
+        the trial's line, then by its TrainingRun's and its Experiment's Events) is not
+        printed again: one failure, one line."""
+        message = str(event.get("message") or "")
+        text = message.split(" failed: ", 1)[1] if " failed: " in message else message
+        return bool(text) and any(text in line for line in (*self._told, *lines))
 
     # -- Experiment ------------------------------------------------------------------
 
     def _experiment_started(self, before: Obj | None, obj: Obj) -> list[str]:
         spec, phase = _spec(obj), _status(obj).get("phase")
-        if before is not None or phase in ("Succeeded", "Failed"):
-            return []
+        if before is not None or phase in ("Succeeded", "Failed") or _condition(_status(obj), "Stalled") == "True":
+            return []  # a refused spec starts no search: its Warning says why
         search = spec.get("search") or {}
         objective = spec.get("objective") or {}
         return [
             f"experiment {_meta(obj).get('name')}: {search.get('algorithm', 'random')} search over "
             f"{spec.get('estimator')}, up to {search.get('maxTrials', 10)} trials, "
-            f"{search.get('parallelism', 2)} at a time, "
+            f"{_running_at_once(search)} at a time, "
             f"{objective.get('goal', 'maximize')} {objective.get('metric', 'accuracy')}"
         ]
 
@@ -266,11 +283,23 @@ class Progress:
         return lines
 
 
+def _running_at_once(search: Mapping[str, Any]) -> Any:
+    """The parallelism the Experiment's reconciler uses (the default follows maxTrials)."""
+    try:
+        return Search.model_validate(search).running_at_once()
+    except ValidationError:
+        return search.get("parallelism", "?")
+
+
 def _condition(status: Mapping[str, Any], kind: str) -> str | None:
     return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def fmt_gate(gate: Mapping[str, Any]) -> str:
+    """A passed gate with its numbers; a failed one with the reconciler's message, which says
+    which part failed (the threshold, or the comparison with the champion)."""
+    if not gate.get("passed") and gate.get("message"):
+        return f"{gate.get('metric')} FAIL: {gate['message']}"
     mark = "pass" if gate.get("passed") else "FAIL"
     value = fmt_number(gate.get("value"))
     parts = [f"{gate.get('metric')}={value}" if value else str(gate.get("metric")), mark]
@@ -278,8 +307,7 @@ def fmt_gate(gate: Mapping[str, Any]) -> str:
         parts.append(f"threshold {fmt_number(gate.get('threshold'))}")
     if gate.get("champion"):
         parts.append(f"champion {gate.get('champion')} {fmt_number(gate.get('championValue'))}".rstrip())
-    text = " ".join(parts)
-    return f"{text} ({gate['message']})" if gate.get("message") and not gate.get("passed") else text
+    return " ".join(parts)
 
 
 def fmt_check(check: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ cluster, a process exits, or a requeue falls due. A small HTTP API on a loopback
     GET  /status     settled or not, what failed, what it waits for, where services answer
     GET  /objects    ?apiVersion=&kind=&namespace=   objects as stored
     POST /apply      a JSON list of resources (validated again here)
+    POST /delete     a JSON list of {apiVersion, kind, namespace, name}; dependents follow
     POST /shutdown   stop everything and exit
 
 Run it with `python -m mlops_operator.local.instance STATE_DIR` (what `mlops local up`
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mlops_operator.cluster.port import ClusterError
+from mlops_operator.cluster.port import ClusterError, NotFound
 from mlops_operator.local import manifests, settle
 from mlops_operator.local.control_api import answer_json
 from mlops_operator.local import state as saved_state
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 S3_SECRET = "mlops-s3"
 IDLE_WAIT = 5.0
 MIN_PASS_GAP = 0.02
-SAVE_INTERVAL = 1.0
 FIELD_MANAGER = "mlops-local"
 PASS_ERROR_RETRY = 2.0
 
@@ -76,6 +76,7 @@ class Instance:
         self._examples: dict[str, str | None] = {}
         self._started = time.monotonic()
         self._last_pass_error = ""
+        self._saved_revision = -1
 
     # -- start -------------------------------------------------------------------------
 
@@ -152,8 +153,6 @@ class Instance:
     # -- run ---------------------------------------------------------------------------
 
     def serve(self) -> None:
-        last_saved_revision = -1
-        last_save = 0.0
         while not self.stopping.is_set():
             if not self.paths.instance_file.exists():
                 # Its folder was removed (or the record deleted): nobody could find and stop
@@ -165,7 +164,11 @@ class Instance:
             revision_before = self.cluster.revision
             try:
                 requeue = self.loop.run_pass()
+                # What the controllers decided is on disk before the executor acts on it
+                # (starts or stops processes), and what the executor did right after.
+                self._save_if_changed()
                 executor_wait = self.executor.step()
+                self._save_if_changed()
                 self.progress.observe(self.cluster)
                 settlement = settle.assess(self._our_objects(), self.cluster.list(*DEPLOYMENT),
                                            self.cluster.list(*JOB))
@@ -185,16 +188,8 @@ class Instance:
                     self.say(message + f" (details in {self.paths.instance_log}); retrying")
                     self._last_pass_error = message
                 requeue, executor_wait = PASS_ERROR_RETRY, None
-            revision = self.cluster.revision
-            if revision != last_saved_revision and time.monotonic() - last_save >= SAVE_INTERVAL:
-                try:
-                    self.save()
-                except OSError as error:
-                    log.warning("state not saved: %s", error)
-                last_saved_revision, last_save = revision, time.monotonic()
+            self._save_if_changed()  # a pass cut short still leaves its changes on disk
             waits = [w for w in (requeue, executor_wait, IDLE_WAIT) if w is not None]
-            if revision != last_saved_revision:
-                waits.append(SAVE_INTERVAL)
             self.wake.wait(max(MIN_PASS_GAP, min(waits)))
             if self.wake.is_set():
                 time.sleep(MIN_PASS_GAP)  # let a burst of changes land in one pass
@@ -215,6 +210,16 @@ class Instance:
         self.paths.instance_file.unlink(missing_ok=True)
         self.say("local instance stopped; data kept in " + str(self.paths.root))
 
+    def _save_if_changed(self) -> None:
+        if self.cluster.revision == self._saved_revision:
+            return
+        try:
+            self.save()
+        except OSError as error:
+            log.warning("state not saved: %s", error)
+            return
+        self._saved_revision = self.cluster.revision
+
     def save(self) -> None:
         self._prune_events()
         saved_state.save(self.paths.state_file, SavedState(
@@ -233,6 +238,7 @@ class Instance:
                 pass
 
     def say(self, line: str) -> None:
+        log.info("%s", line)  # instance.log tells the same story, with warnings and tracebacks in place
         stamp = datetime.now().strftime("%H:%M:%S")
         try:
             with open(self.paths.progress_log, "a") as handle:
@@ -297,6 +303,26 @@ class Instance:
                 results.append({"kind": obj["kind"], "apiVersion": obj["apiVersion"], "namespace": meta["namespace"],
                                 "name": meta["name"], "action": action})
             # Counted once everything is in: only a pass that starts after this can call it settled.
+            self._apply_seq += 1
+        self.wake.set()
+        return results
+
+    def delete(self, references: list[Any]) -> list[dict[str, str]]:
+        """Delete objects named by apiVersion, kind, namespace and name; their dependents
+        go with them through ownerReferences, as the cluster's garbage collector does."""
+        results = []
+        with self._apply_lock:
+            for ref in references:
+                if not isinstance(ref, dict) or not all(ref.get(k) for k in ("apiVersion", "kind", "name")):
+                    raise ValueError(f"not an object reference: {ref!r}")
+                namespace = ref.get("namespace") or "default"
+                try:
+                    self.cluster.delete(ref["apiVersion"], ref["kind"], namespace, ref["name"])
+                    action = "deleted"
+                except NotFound:
+                    action = "not found"
+                results.append({"kind": ref["kind"], "apiVersion": ref["apiVersion"], "namespace": namespace,
+                                "name": ref["name"], "action": action})
             self._apply_seq += 1
         self.wake.set()
         return results
@@ -397,13 +423,14 @@ def _handler(instance: Instance) -> type[BaseHTTPRequestHandler]:
             self._json(404, {"error": f"no such endpoint {url.path}"})
 
         def do_POST(self) -> None:
-            if self.path == "/apply":
+            changes = {"/apply": instance.apply, "/delete": instance.delete}
+            if self.path in changes:
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     documents = json.loads(self.rfile.read(length))
                     if not isinstance(documents, list):
-                        raise ValueError("expected a JSON list of resources")
-                    results = instance.apply(documents)
+                        raise ValueError("expected a JSON list")
+                    results = changes[self.path](documents)
                 except manifests.ManifestError as error:
                     return self._json(422, {"problems": [str(p) for p in error.problems]})
                 except (ValueError, ClusterError) as error:

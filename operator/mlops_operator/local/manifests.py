@@ -68,7 +68,10 @@ def load(paths: Iterable[Path]) -> list[Obj]:
         except (OSError, yaml.YAMLError) as error:
             problems.append(Problem(str(file), f"not readable as YAML: {error}"))
             continue
-        for index, document in enumerate(_expand_lists(documents), start=1):
+        documents = _expand_lists(documents)
+        if not documents:  # an empty file is a mistake (a wrong path, an unsaved editor), not "nothing to do"
+            problems.append(Problem(str(file), "no resources in this file"))
+        for index, document in enumerate(documents, start=1):
             source = f"{file} (document {index})"
             try:
                 objects.append(check(document, source))

@@ -99,6 +99,10 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def log_dir_of(data_dir: Path) -> Path:
+    return data_dir / "logs"
+
+
 @dataclass(frozen=True)
 class ServerPorts:
     s3: int
@@ -110,6 +114,8 @@ class ServerPorts:
 def weed_command(weed: str, data_dir: Path, host: str, ports: ServerPorts) -> list[str]:
     return [
         weed,
+        # glog's files, /tmp/weed.* by default: kept with the data, where `down` leaves them.
+        f"-logdir={log_dir_of(data_dir)}",
         "server",
         f"-dir={data_dir}",
         f"-ip={host}",
@@ -169,7 +175,7 @@ class SeaweedServer:
         if self.running():
             return self
         weed = find_weed()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir_of(self.data_dir).mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _ in range(attempts):
             ports = ServerPorts(*pick_ports(4, self.host))

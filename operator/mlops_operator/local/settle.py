@@ -7,7 +7,8 @@ status carries one); every Deployment rolled out and ready, every Job finished.
 
 Deployments of a Failed InferenceService are not waited for.
 
-Failed: an Experiment or InferenceService in phase Failed, a TrainingRun that failed on its
+Failed: an object the operator refused (Stalled, reason InvalidSpec: nothing will happen until
+its spec changes, so it is settled too), an Experiment or InferenceService in phase Failed, a TrainingRun that failed on its
 own (trials of an Experiment are judged by their Experiment, which tolerates up to
 `maxFailedTrials`), or a Job of no TrainingRun that failed. Not failures: a Rejected
 ModelVersion (its gates did their job) and a RolledBack challenger (the canary did its job;
@@ -53,6 +54,10 @@ def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Ob
         name = f"{kind} {meta.get('namespace', 'default')}/{meta.get('name')}"
         phase = status.get("phase")
         observed = status.get("observedGeneration")
+        stalled = _stalled(status, meta.get("generation"))
+        if stalled is not None:  # the operator refused the spec: nothing will happen until it changes
+            failed.append(f"{name}: {stalled}")
+            continue
         if phase not in TERMINAL_PHASES[kind] or (observed is not None and observed != meta.get("generation")):
             waiting.append(f"{name} ({phase or 'no status yet'})")
             continue
@@ -77,6 +82,40 @@ def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Ob
                                             for ref in meta.get("ownerReferences") or []):
             failed.append(f"{name}: Failed")
     return Settlement(settled=not waiting, failed=failed, waiting=waiting)
+
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind")), str(meta.get("namespace", "default")), str(meta.get("name")))
+
+
+def owned_by(objects: Iterable[Obj], roots: Iterable[Key]) -> list[Obj]:
+    """The objects named by `roots` and every object they own, transitively (by the uids in
+    ownerReferences): what one `up -f` is answerable for."""
+    objects = list(objects)
+    wanted = set(roots)
+    uids = {str(o["metadata"]["uid"]) for o in objects if key_of(o) in wanted and (o.get("metadata") or {}).get("uid")}
+    scoped = [o for o in objects if key_of(o) in wanted]
+    rest = [o for o in objects if key_of(o) not in wanted]
+    while True:
+        children = [o for o in rest if any(ref.get("uid") in uids for ref in o["metadata"].get("ownerReferences") or ())]
+        if not children:
+            return scoped
+        scoped += children
+        uids |= {str(o["metadata"].get("uid")) for o in children}
+        rest = [o for o in rest if o not in children]
+
+
+def _stalled(status: Obj, generation: Any) -> str | None:
+    """'InvalidSpec: <message>' when the object is Stalled for its current generation."""
+    for condition in status.get("conditions") or ():
+        if (condition.get("type") == "Stalled" and condition.get("status") == "True"
+                and condition.get("observedGeneration") in (None, generation)):
+            return f"{condition.get('reason')}: {condition.get('message')}"
+    return None
 
 
 def _job_finish(job: Obj) -> str | None:

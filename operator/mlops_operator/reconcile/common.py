@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from mlops_runtime.estimators import is_allowed
 from pydantic import ValidationError
 
 from ..api.conditions import (
@@ -88,9 +89,8 @@ def restricted_container_security_context() -> dict[str, Any]:
 def estimator_problem(estimator: str, allowed: tuple[str, ...], field: str = "spec.estimator") -> str | None:
     """Why `estimator` may not run (None: it may). An allowed entry ending in '.' is a
     prefix (a package), otherwise an exact import path."""
-    for entry in allowed:
-        if (entry.endswith(".") and estimator.startswith(entry)) or estimator == entry:
-            return None
+    if is_allowed(estimator, allowed):
+        return None
     return f"{field}: {estimator!r} is not in the operator's allow-list ({', '.join(allowed)})"
 
 

@@ -105,6 +105,7 @@ class Decision:
     phase: str
     to_register: tuple[str, ...]
     missing_registrations: tuple[str, ...]
+    to_stop: tuple[str, ...] = ()  # active trials of a failed search: deleted, they cannot change it
 
 
 def trial_facts(obj: Mapping[str, Any]) -> TrialFacts:
@@ -252,12 +253,18 @@ def decide(exp: Experiment, observed: ExperimentObserved) -> tuple[Decision, str
 
     new_indices: tuple[int, ...] = ()
     if stop_reason is None:
-        room = min(search.parallelism - active, budget - created)
+        room = min(search.running_at_once() - active, budget - created)
         new_indices = tuple(range(created + 1, created + 1 + max(room, 0)))
 
     to_register: tuple[str, ...] = ()
+    to_stop: tuple[str, ...] = ()
     if stop_reason == REASON_MAX_FAILED_TRIALS:
         phase = "Failed"
+        # Queued and running trials would only spend resources on a search that has failed
+        # (and a queued one would still start): they are stopped with the Experiment.
+        to_stop = tuple(t.name for t in trials if t.phase in ACTIVE)
+        if to_stop:
+            message += f"; stopped {', '.join(to_stop)}"
     elif stop_reason is not None and active == 0:
         if not ranked:
             phase = "Failed"
@@ -276,7 +283,9 @@ def decide(exp: Experiment, observed: ExperimentObserved) -> tuple[Decision, str
     missing = tuple(name for name in to_register if name not in registered)
     if phase == "Succeeded" and missing:
         phase = "Running"  # finished searching; Succeeded once the versions exist
-    decision = Decision(trials, counts, ranked, new_indices, stop_reason, phase, to_register, missing)
+    if to_stop:
+        counts = counts.model_copy(update={"total": counts.total - len(to_stop), "pending": 0, "running": 0})
+    decision = Decision(trials, counts, ranked, new_indices, stop_reason, phase, to_register, missing, to_stop)
     return decision, message
 
 
@@ -398,7 +407,9 @@ def reconcile(exp: Experiment, observed: ExperimentObserved, now: datetime) -> P
         message=message,
         conditions=conditions,
     )
-    plan = Plan(status={}, children=tuple(children), events=tuple(events + phase_events), metrics=_gauges(status))
+    stopped = tuple((exp.api_version(), "TrainingRun", name) for name in decision.to_stop)
+    plan = Plan(status={}, children=tuple(children), deletions=stopped, events=tuple(events + phase_events),
+                metrics=_gauges(status))
     return _with_retrain(exp, status, observed, now, plan)
 
 
@@ -490,10 +501,14 @@ def _phase(
                                          else f"waiting for {active} running trials")
         events = []
         old_complete = find_condition(conditions, RUNS_COMPLETE)
-        if decision.stop_reason == REASON_EARLY_STOPPED and (old_complete is None or old_complete.status != "True"):
+        if decision.stop_reason == REASON_EARLY_STOPPED and (old_complete is None
+                                                             or old_complete.reason != REASON_EARLY_STOPPED):
             events.append(Event(REASON_EARLY_STOPPED, stop_message))
+        # Complete only once no trial runs: "no more start" is not "none is running".
+        complete = "True" if active == 0 else "False"
         return ([(READY, "Unknown", REASON_REGISTERING if missing else REASON_RUNNING, message),
-                 (RUNS_COMPLETE, "True", decision.stop_reason, stop_message)], message, events)
+                 (RUNS_COMPLETE, complete, decision.stop_reason, message if active else stop_message)],
+                message, events)
     message = (f"{counts.succeeded} succeeded, {counts.failed} failed, "
                f"{active} running of {trial_budget(exp.spec.search)} trials")
     reason = REASON_RUNNING if decision.phase == "Running" else REASON_PENDING

@@ -159,13 +159,16 @@ def evaluate_gate(gate: ValidationGate, metrics: Mapping[str, float], champion: 
         else:
             improvement = value - champion_value if higher else champion_value - value
             required = max(gate.min_absolute_change or 0.0, (gate.min_relative_change or 0.0) * abs(champion_value))
-            text = (f"{gate.metric}={value:.4g} vs champion {champion.name} {champion_value:.4g} "
-                    f"(improvement {improvement:+.4g}, required {required:+.4g})")
-            (notes if improvement >= required else problems).append(text)
+            beats = improvement >= required
+            text = (f"{gate.metric}={value:.4g} {'vs' if beats else 'lost against'} champion {champion.name} "
+                    f"{champion_value:.4g} (improvement {improvement:+.4g}, required {required:+.4g})")
+            (notes if beats else problems).append(text)
+    # A failed gate says what failed first, then what passed (a threshold met does not
+    # read as the reason a version lost against the champion).
     return result.model_copy(update={
         "passed": not problems,
         "champion_value": champion_value,
-        "message": "; ".join(problems or notes),
+        "message": "; ".join(problems + notes if problems else notes),
     })
 
 
