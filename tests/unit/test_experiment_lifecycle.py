@@ -156,7 +156,7 @@ def test_the_operator_applies_the_allow_list_before_importing_anything():
     exp = Experiment.model_validate(experiment_manifest(estimator="os.system"))
     assert controller.estimator_problems(exp, SETTINGS) == [
         "spec.estimator: estimator 'os.system' is not in the allow-list ['sklearn.']; use a scikit-learn "
-        "estimator or ask the operator's administrator to extend allowedEstimators"]
+        "class or ask the operator's administrator to extend allowedEstimators"]
 
 
 def test_parameters_of_a_pipeline_step_are_left_to_the_run():

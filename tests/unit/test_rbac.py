@@ -187,7 +187,9 @@ def training_scenario() -> set[Permission]:
     assert world.get("Experiment", "iris-r1"), "the retrain did not start"
     experiment.sync(cluster, created, world.clock, SETTINGS)
     # A second Experiment fails while a trial still runs: it stops (deletes) that trial.
-    world.create(experiment_manifest(name="doomed", search={"maxTrials": 2, "parallelism": 2, "maxFailedTrials": 0}))
+    world.create(experiment_manifest(name="doomed", search={
+        "maxTrials": 2, "parallelism": 2, "maxFailedTrials": 0,
+        "space": {"C": {"min": 0.01, "max": 100, "distribution": "logUniform"}}}))
     for _ in range(3):
         world.sync_all(cluster)
     world.finish_job("doomed-t001-trainer", exit_code=2, message=json.dumps(

@@ -63,8 +63,9 @@ def test_a_failed_analysis_below_the_failure_limit_is_not_reported_as_inconclusi
 
 def test_a_promotion_in_progress_is_reported_as_promoting():
     status = rollout_status(rolloutStage="Promoting", currentStep=2)
+    # Not yet Promoted: the champion Deployment is still rolling out to the winner.
     assert logic._progressing_condition(status, "Promoted", None) == (
-        "True", "Promoted", "champion Deployment moving to iris-v2")
+        "True", "Promoting", "iris-v2 passed; serving all traffic from it while the champion Deployment rolls out to it")
     entry = HistoryEntry(time="2026-01-01T12:00:00Z", action="Promoted", version="iris-v2", reason="all steps passed")
     finalizing = rollout_status(rolloutStage="Finalizing", history=[entry.model_dump(by_alias=True)])
     assert logic._progressing_condition(finalizing, "Promoted", None) == ("True", "Promoted", "all steps passed")
