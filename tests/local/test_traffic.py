@@ -72,3 +72,13 @@ def test_the_command_reports_progress_and_fails_on_refused_requests(url: str, ca
     nobody = f"http://127.0.0.1:{free_port()}"
     assert main([nobody, "--rate", "50", "--seconds", "0.5", "--every", "0.5"]) == 1
     assert "failed: " in capsys.readouterr().out
+
+
+def test_traffic_stops_by_itself_at_its_bounds(url: str) -> None:
+    rows, labels = iris_rows()
+    traffic = Traffic(url, rows, labels, rate=200, max_requests=15).start()
+    traffic._thread.join(timeout=20)
+    assert not traffic._thread.is_alive() and traffic.snapshot().sent == 15
+    traffic = Traffic(url, rows, labels, rate=5, max_seconds=0.5).start()
+    traffic._thread.join(timeout=20)
+    assert not traffic._thread.is_alive() and 1 <= traffic.snapshot().sent <= 5
