@@ -182,8 +182,7 @@ class StatusWatch:
         return found[0].get("status") or {} if found else None
 
     def _run(self) -> None:
-        until = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and self.report.sent < self.max_requests and time.monotonic() < until:
+        while not self._stop.is_set():
             try:
                 status = self._read()
             except (OSError, ValueError):
