@@ -149,3 +149,22 @@ def test_a_new_executor_adopts_the_serving_pods_of_the_old_one(cluster: LocalClu
         second.shutdown(grace=2.0)
         proxy.stop()
     assert not is_alive(pid)
+
+
+def test_a_rollout_step_or_a_new_router_weight_changes_the_fingerprint_saved_before_the_data_plane_acts() -> None:
+    from mlops_operator.local.instance import rollout_fingerprint
+
+    def isvc(stage: str | None, step: int | None) -> dict:
+        return {"metadata": {"name": "iris", "namespace": "default"},
+                "status": {"rolloutStage": stage, "currentStep": step, "champion": "iris-v1", "challenger": "iris-v2",
+                           "lastAnalysis": {"time": stage}}}
+
+    def config(weight: int) -> dict:
+        return {"metadata": {"name": "iris-router-config", "namespace": "default"},
+                "data": {"router.json": json.dumps({"weight": weight})}}
+
+    at_10 = rollout_fingerprint([isvc("Analysing", 0)], [config(10)])
+    assert rollout_fingerprint([isvc("Analysing", 0)], [config(10)]) == at_10
+    assert rollout_fingerprint([isvc("Analysing", 1)], [config(10)]) != at_10
+    assert rollout_fingerprint([isvc("Analysing", 0)], [config(25)]) != at_10
+    assert rollout_fingerprint([isvc("Starting", None)], [config(10)]) != at_10

@@ -76,6 +76,7 @@ class Instance:
         self._examples: dict[str, str | None] = {}
         self._started = time.monotonic()
         self._last_pass_error = ""
+        self._saved_rollouts: tuple[Any, ...] | None = None
 
     # -- start -------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class Instance:
             revision_before = self.cluster.revision
             try:
                 requeue = self.loop.run_pass()
+                self._save_before_the_data_plane_acts()
                 executor_wait = self.executor.step()
                 self.progress.observe(self.cluster)
                 settlement = settle.assess(self._our_objects(), self.cluster.list(*DEPLOYMENT),
@@ -214,6 +216,22 @@ class Instance:
             self.s3.stop()
         self.paths.instance_file.unlink(missing_ok=True)
         self.say("local instance stopped; data kept in " + str(self.paths.root))
+
+    def _save_before_the_data_plane_acts(self) -> None:
+        """Saves are throttled to one a second, so a kill -9 could lose the last second. A
+        rollout decision (a step, a promotion) is made durable before the executor hands it
+        to the data plane (the router's config file): a restarted instance then resumes at
+        the step the routers apply, and the weight does not jump back."""
+        fingerprint = rollout_fingerprint(self.cluster.list(API_VERSION, "InferenceService"),
+                                          self.cluster.list("v1", "ConfigMap"))
+        if fingerprint == self._saved_rollouts:
+            return
+        try:
+            self.save()
+        except OSError as error:
+            log.warning("state not saved: %s", error)
+            return
+        self._saved_rollouts = fingerprint
 
     def save(self) -> None:
         self._prune_events()
@@ -343,6 +361,20 @@ class Instance:
             return None
         return (f"curl -s {url}/predict -H 'Content-Type: application/json' "
                 f"-d '{{\"instances\": [{row}]}}'")
+
+
+def rollout_fingerprint(services: list[dict[str, Any]], config_maps: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What the data plane is told of the rollouts: each InferenceService's stage, step,
+    champion and challenger, and the ConfigMaps (the routers' weights). Equal fingerprints:
+    nothing new to make durable."""
+    def key(obj: dict[str, Any]) -> tuple[str, str]:
+        return (obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+
+    rollouts = tuple(sorted(
+        (*key(s), *((s.get("status") or {}).get(f) for f in ("rolloutStage", "currentStep", "champion", "challenger")))
+        for s in services))
+    configs = tuple(sorted((*key(c), json.dumps(c.get("data") or {}, sort_keys=True)) for c in config_maps))
+    return rollouts, configs
 
 
 def server_pod_keys(objects: list[dict[str, Any]]) -> set[str]:
