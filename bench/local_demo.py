@@ -6,7 +6,9 @@
 2. the canary of examples/iris-canary/ (a retrain, and the InferenceService rolling newer
    versions out: 10 -> 25 -> 50 -> 100 %, 10 s a step), with synthetic traffic and label
    feedback at 20 requests/s: from the challenger's Validated to Promoted at that interval;
-3. a canary that rolls back a deliberately worse version (tests/local/manifests/worse.yaml).
+3. a canary that rolls back a deliberately worse version (tests/local/manifests/worse.yaml),
+   with a kill -9 of the local instance at its first step and `up` again: the data plane
+   must answer throughout (failed requests after the kill: target 0).
 
 Each phase is timed from the moment its progress line reaches the terminal of `mlops local
 up` (which polls every 0.25 s), so the figures are what a user sees. The traffic counts
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +40,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 MANIFESTS = ROOT / "tests" / "local" / "manifests"
 TARGET_SECONDS = 60.0
 FIRST_PREDICTION = "first prediction served"
+KILLED = "instance killed (kill -9)"
 
 IRIS_PHASES = [
     ("S3 server answers", r"S3 \(SeaweedFS\) answers"),
@@ -63,12 +68,14 @@ ROLLBACK_PHASES = [
 ]
 
 
-def run_up(cwd: Path, args: list[str], phases: list[tuple[str, str]],
-           first_prediction: bool = False) -> tuple[dict[str, float], float, int]:
-    """Run `mlops local up ARGS --exit-when-settled`; the seconds at which each phase's line
-    appeared (and, with `first_prediction`, at which the service first answered a
-    prediction), the seconds to the command's exit, and its exit status."""
-    started = time.monotonic()
+def run_up(cwd: Path, args: list[str], phases: list[tuple[str, str]], first_prediction: bool = False,
+           kill_at: str | None = None, started: float | None = None) -> tuple[dict[str, float], float, int]:
+    """Run `mlops local up ARGS --exit-when-settled`; the seconds (since `started`, default
+    now) at which each phase's line appeared (and, with `first_prediction`, at which the
+    service first answered a prediction), the seconds to the command's exit, and its exit
+    status. With `kill_at` (a phase's name), the instance is killed with SIGKILL as that
+    phase's line appears (the phase "instance killed"; `up` then exits with status 1)."""
+    started = time.monotonic() if started is None else started
     process = subprocess.Popen([sys.executable, "-m", "mlops_operator", "local", "up", *args,
                                 "--exit-when-settled", "--timeout", "600"],
                                cwd=cwd, stdout=subprocess.PIPE, text=True)
@@ -81,8 +88,17 @@ def run_up(cwd: Path, args: list[str], phases: list[tuple[str, str]],
         for name, pattern in phases:
             if name not in seen and re.search(pattern, line):
                 seen[name] = now
+                if name == kill_at:
+                    kill_instance(cwd)
+                    seen[KILLED] = time.monotonic() - started
     code = process.wait()
     return seen, time.monotonic() - started, code
+
+
+def kill_instance(cwd: Path) -> None:
+    """kill -9 of the local instance (not of the processes it started)."""
+    record = json.loads((cwd / ".mlops" / "instance.json").read_text())
+    os.kill(int(record["pid"]), signal.SIGKILL)
 
 
 def probe_first_prediction(cwd: Path, started: float, seen: dict[str, float], process: subprocess.Popen[str]) -> None:
@@ -137,10 +153,19 @@ def one_run(folder: Path) -> dict[str, dict[str, float]]:
         if "challenger validated" in seen and "promoted" in seen:
             results["durations"] = {"challenger Validated -> Promoted": seen["promoted"] - seen["challenger validated"]}
         promoted_at = promotion_time(folder, parse_time)
-        seen, total, code = run_up(folder, ["-f", str(MANIFESTS / "worse.yaml")], ROLLBACK_PHASES)
+        started = time.monotonic()
+        seen, total, code = run_up(folder, ["-f", str(MANIFESTS / "worse.yaml")], ROLLBACK_PHASES,
+                                   kill_at="10 % to the challenger", started=started)
+        killed_at = time.time() - (time.monotonic() - started - seen[KILLED]) if KILLED in seen else None
+        if KILLED in seen:
+            restarted = time.monotonic() - started
+            resumed, total, code = run_up(folder, [], ROLLBACK_PHASES, started=started)
+            # A phase seen before the kill keeps its first time (a restart may show it again).
+            seen = {**seen, "`up` again": restarted, **{k: v for k, v in resumed.items() if k not in seen}}
         if code != 0:
             raise SystemExit(f"rollback: mlops local up exited with {code}")
-        results["canary that rolls back (from apply)"] = {**seen, "settled (command returns)": total}
+        results["canary that rolls back, kill -9 of the instance at 10 % (from apply)"] = {
+            **seen, "settled (command returns)": total}
     finally:
         report = traffic.stop()
         sightings = watch.stop()
@@ -153,6 +178,9 @@ def one_run(folder: Path) -> dict[str, dict[str, float]]:
         "iris-v1 answers after Promoted": report.versions_sent_after(promoted_at)["iris-v1"]
         if promoted_at is not None else float("nan"),
         "rolloutStage Promoting seen": float(promoting_seen),
+        "sent after the kill -9": sum(1 for a in report.answers if killed_at and a.sent_at >= killed_at),
+        "failed after the kill -9": sum(1 for a in report.answers if killed_at and a.sent_at >= killed_at
+                                        and a.code != 200),
     }
     for failure in report.failures[:10]:
         print(f"failed request: {failure}", file=sys.stderr)

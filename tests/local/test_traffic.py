@@ -72,3 +72,59 @@ def test_the_command_reports_progress_and_fails_on_refused_requests(url: str, ca
     nobody = f"http://127.0.0.1:{free_port()}"
     assert main([nobody, "--rate", "50", "--seconds", "0.5", "--every", "0.5"]) == 1
     assert "failed: " in capsys.readouterr().out
+
+
+def test_traffic_stops_by_itself_at_its_bounds(url: str) -> None:
+    rows, labels = iris_rows()
+    traffic = Traffic(url, rows, labels, rate=200, max_requests=15).start()
+    traffic._thread.join(timeout=20)
+    assert not traffic._thread.is_alive() and traffic.snapshot().sent == 15
+    traffic = Traffic(url, rows, labels, rate=5, max_seconds=0.5).start()
+    traffic._thread.join(timeout=20)
+    assert not traffic._thread.is_alive() and 1 <= traffic.snapshot().sent <= 5
+
+
+def test_the_status_watch_keeps_each_change_and_rides_out_an_instance_that_is_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from mlops_operator.local.processes import start_ticks
+    from mlops_operator.local.traffic import StatusWatch
+
+    statuses = [{"phase": "Progressing", "rolloutStage": "Analysing", "champion": "iris-v1"}]
+
+    class FakeInstance(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = {"settled": False} if self.path == "/status" else {"items": [
+                {"metadata": {"name": "other"}, "status": {"phase": "Stable"}},
+                {"metadata": {"name": "iris"}, "status": statuses[-1]}]}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeInstance)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    record = tmp_path / "instance.json"
+    watch = StatusWatch(tmp_path, "iris", period=0.02).start()
+    try:
+        deadline = time.monotonic() + 20
+        time.sleep(0.1)  # no instance yet: nothing seen, no error
+        assert watch.sightings == []
+        record.write_text(json.dumps({"pid": os.getpid(), "startTicks": start_ticks(os.getpid()),
+                                      "controlPort": server.server_address[1]}))
+        while not watch.sightings and time.monotonic() < deadline:
+            time.sleep(0.02)
+        statuses.append({"phase": "Progressing", "rolloutStage": "Promoting", "champion": "iris-v1"})
+        statuses.append({"phase": "Promoted", "rolloutStage": "Finalizing", "champion": "iris-v2"})
+        while watch.first(phase="Promoted") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sightings = watch.stop()
+        server.shutdown()
+    assert [(s.phase, s.stage, s.champion) for s in sightings][0] == ("Progressing", "Analysing", "iris-v1")
+    assert sightings[-1].champion == "iris-v2" and len(sightings) == len({(s.phase, s.stage) for s in sightings})
+    assert watch.first(stage="Analysing") <= watch.first(phase="Promoted")  # type: ignore[operator]

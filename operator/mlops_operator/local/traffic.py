@@ -56,12 +56,15 @@ class TrafficReport:
 
 class Traffic:
     def __init__(self, url: str, rows: Sequence[Sequence[float]], labels: Sequence[Any],
-                 rate: float = 20.0, seed: int = 0, timeout: float = 10.0) -> None:
+                 rate: float = 20.0, seed: int = 0, timeout: float = 10.0,
+                 max_requests: int = 30000, max_seconds: float = 1800.0) -> None:
         self.url = url.rstrip("/")
         self.rows = [list(map(float, row)) for row in rows]
         self.labels = list(labels)
         self.interval = 1.0 / rate
         self.timeout = timeout
+        # Bounded whatever the caller forgets: at most this many requests, for this long.
+        self.max_requests, self.max_seconds = max_requests, max_seconds
         self.report = TrafficReport()
         self._random = random.Random(seed)
         self._stop = threading.Event()
@@ -93,7 +96,8 @@ class Traffic:
             return error.code, error.read().decode(errors="replace")[:200]
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        until = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and self.report.sent < self.max_requests and time.monotonic() < until:
             started, sent_at = time.monotonic(), time.time()
             index = self._random.randrange(len(self.rows))
             try:
