@@ -143,3 +143,51 @@ def test_long_store_errors_are_cut_to_the_limit_with_an_ellipsis():
     assert short == "ValueError: S3 said no"
     cut = store._short(ValueError("x" * 500))
     assert len(cut) == 300 and cut.startswith("ValueError: xxx") and cut.endswith("...")
+
+
+def test_a_pause_is_announced_once_not_on_every_pass_while_paused():
+    from test_inference_service_memory import Harness
+
+    h = Harness(inference_service(name="paused", champion={"modelVersion": "iris-v1"},
+                                  challenger={"modelVersion": "iris-v2"}), model_version(1), model_version(2),
+                name="paused")
+    h.run(200, until=lambda h: h.router_config()["weight"] == 25)
+    obj = h.obj()
+    obj["spec"]["rollout"]["paused"] = True
+    h.cluster.replace(obj)
+    h.run(60)
+    assert h.status()["phase"] == "Paused"
+    [paused] = [e for e in h.cluster.list("v1", "Event", "ml") if e["reason"] == "Paused"]
+    assert paused.get("count", 1) == 1
+
+
+def test_a_version_without_the_objective_metric_never_ranks_above_one_with_it():
+    # rmse is minimised: a version scored 0.3 must beat one with no rmse at all (which a
+    # missing value read as 0.0, or as "has the metric", would not).
+    scored, unscored = (ModelVersion.model_validate(model_version(n)) for n in (1, 2))
+    objective = {"objective": {"metric": "rmse", "goal": "minimize"}}
+    scored = scored.model_copy(update={"spec": scored.spec.model_copy(update={
+        "metrics": {"rmse": 0.3}, "objective": scored.spec.objective.model_copy(update=objective["objective"])})})
+    unscored = unscored.model_copy(update={"spec": unscored.spec.model_copy(update={
+        "metrics": {}, "objective": scored.spec.objective})})
+    assert max([unscored, scored], key=logic.objective_key) is scored
+    assert max([scored, unscored], key=logic.objective_key) is scored
+
+
+def test_a_spec_changed_again_after_it_was_restored_is_refused_with_an_event_again():
+    first = mv_logic.reconcile(make_mv(), mv_logic.ModelVersionObserved(), NOW)
+    changed = mv_logic.reconcile(make_mv(status=first.status, metrics={"accuracy": 0.99}),
+                                 mv_logic.ModelVersionObserved(), NOW)
+    restored = mv_logic.reconcile(make_mv(status=changed.status), mv_logic.ModelVersionObserved(), NOW)
+    again = mv_logic.reconcile(make_mv(status=restored.status, metrics={"accuracy": 0.5}),
+                               mv_logic.ModelVersionObserved(), NOW)
+    assert [e.reason for e in again.events] == ["SpecImmutable"]
+
+
+def test_condition_reasons_are_camel_case_words():
+    from mlops_operator.reconcile.common import camel_reason
+
+    assert camel_reason("UnknownParameter", "Failed") == "UnknownParameter"
+    assert camel_reason("unknown parameter", "Failed") == "UnknownParameter"
+    assert camel_reason("3 errors", "Failed") == "Failed"
+    assert camel_reason(None, "Failed") == "Failed"
