@@ -145,22 +145,6 @@ def test_long_store_errors_are_cut_to_the_limit_with_an_ellipsis():
     assert len(cut) == 300 and cut.startswith("ValueError: xxx") and cut.endswith("...")
 
 
-def test_a_pause_is_announced_once_not_on_every_pass_while_paused():
-    from test_inference_service_memory import Harness
-
-    h = Harness(inference_service(name="paused", champion={"modelVersion": "iris-v1"},
-                                  challenger={"modelVersion": "iris-v2"}), model_version(1), model_version(2),
-                name="paused")
-    h.run(200, until=lambda h: h.router_config()["weight"] == 25)
-    obj = h.obj()
-    obj["spec"]["rollout"]["paused"] = True
-    h.cluster.replace(obj)
-    h.run(60)
-    assert h.status()["phase"] == "Paused"
-    [paused] = [e for e in h.cluster.list("v1", "Event", "ml") if e["reason"] == "Paused"]
-    assert paused.get("count", 1) == 1
-
-
 def test_a_version_without_the_objective_metric_never_ranks_above_one_with_it():
     # rmse is minimised: a version scored 0.3 must beat one with no rmse at all (which a
     # missing value read as 0.0, or as "has the metric", would not).
