@@ -141,6 +141,8 @@ def test_artifact_uris_join_with_one_slash():
 def test_long_store_errors_are_cut_to_the_limit_with_an_ellipsis():
     short = store._short(ValueError("S3 said no"))
     assert short == "ValueError: S3 said no"
+    exact = store._short(ValueError("x" * (300 - len("ValueError: "))))
+    assert len(exact) == 300 and not exact.endswith("...")  # at the limit: whole
     cut = store._short(ValueError("x" * 500))
     assert len(cut) == 300 and cut.startswith("ValueError: xxx") and cut.endswith("...")
 
@@ -175,3 +177,24 @@ def test_condition_reasons_are_camel_case_words():
     assert camel_reason("unknown parameter", "Failed") == "UnknownParameter"
     assert camel_reason("3 errors", "Failed") == "Failed"
     assert camel_reason(None, "Failed") == "Failed"
+
+
+def test_s3_retries_back_off_doubling_up_to_eight_seconds():
+    # docs/contracts.md: MLOPS_S3_BACKOFF seconds, doubling, capped at 8.
+    assert store.backoff_delays(6, 0.5) == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert store.backoff_delays(0, 0.5) == []
+
+
+def test_the_s3_client_signs_with_the_configured_keys():
+    client = store.make_client(store.StoreSettings("http://127.0.0.1:9000", "mlops-local", "not-a-secret"))
+    credentials = client._provider.retrieve()  # minio's own record of what it signs with
+    assert (credentials.access_key, credentials.secret_key) == ("mlops-local", "not-a-secret")
+    anonymous = store.make_client(store.StoreSettings("http://127.0.0.1:9000", "", ""))
+    assert anonymous._provider is None
+
+
+def test_an_experiment_records_when_its_first_trials_started():
+    plan = reconcile(make_exp(), ExperimentObserved(), NOW)
+    assert plan.children and plan.status["startTime"] == "2026-03-01T12:00:00Z"
+    later = reconcile(make_exp(status=plan.status), ExperimentObserved(), NOW + timedelta(hours=1))
+    assert later.status["startTime"] == "2026-03-01T12:00:00Z"
