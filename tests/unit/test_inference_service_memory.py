@@ -243,6 +243,8 @@ def test_paused_spec_holds_the_weights_and_reports_paused():
     h.run(60)
     assert h.router_config()["weight"] == 25 and h.status()["phase"] == "Paused"
     assert "Paused" in [r for _, r, _ in h.events()]
+    [paused] = [e for e in h.cluster.list("v1", "Event", NS) if e["reason"] == "Paused"]
+    assert paused.get("count", 1) == 1  # announced once, not on every pass while paused
     obj = h.obj()
     obj["spec"]["rollout"]["paused"] = False
     h.cluster.replace(obj)

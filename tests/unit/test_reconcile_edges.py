@@ -142,5 +142,60 @@ def test_artifact_uris_join_with_one_slash():
 def test_long_store_errors_are_cut_to_the_limit_with_an_ellipsis():
     short = store._short(ValueError("S3 said no"))
     assert short == "ValueError: S3 said no"
+    exact = store._short(ValueError("x" * (300 - len("ValueError: "))))
+    assert len(exact) == 300 and not exact.endswith("...")  # at the limit: whole
     cut = store._short(ValueError("x" * 500))
     assert len(cut) == 300 and cut.startswith("ValueError: xxx") and cut.endswith("...")
+
+
+def test_a_version_without_the_objective_metric_never_ranks_above_one_with_it():
+    # rmse is minimised: a version scored 0.3 must beat one with no rmse at all (which a
+    # missing value read as 0.0, or as "has the metric", would not).
+    scored, unscored = (ModelVersion.model_validate(model_version(n)) for n in (1, 2))
+    objective = {"objective": {"metric": "rmse", "goal": "minimize"}}
+    scored = scored.model_copy(update={"spec": scored.spec.model_copy(update={
+        "metrics": {"rmse": 0.3}, "objective": scored.spec.objective.model_copy(update=objective["objective"])})})
+    unscored = unscored.model_copy(update={"spec": unscored.spec.model_copy(update={
+        "metrics": {}, "objective": scored.spec.objective})})
+    assert max([unscored, scored], key=logic.objective_key) is scored
+    assert max([scored, unscored], key=logic.objective_key) is scored
+
+
+def test_a_spec_changed_again_after_it_was_restored_is_refused_with_an_event_again():
+    first = mv_logic.reconcile(make_mv(), mv_logic.ModelVersionObserved(), NOW)
+    changed = mv_logic.reconcile(make_mv(status=first.status, metrics={"accuracy": 0.99}),
+                                 mv_logic.ModelVersionObserved(), NOW)
+    restored = mv_logic.reconcile(make_mv(status=changed.status), mv_logic.ModelVersionObserved(), NOW)
+    again = mv_logic.reconcile(make_mv(status=restored.status, metrics={"accuracy": 0.5}),
+                               mv_logic.ModelVersionObserved(), NOW)
+    assert [e.reason for e in again.events] == ["SpecImmutable"]
+
+
+def test_condition_reasons_are_camel_case_words():
+    from mlops_operator.reconcile.common import camel_reason
+
+    assert camel_reason("UnknownParameter", "Failed") == "UnknownParameter"
+    assert camel_reason("unknown parameter", "Failed") == "UnknownParameter"
+    assert camel_reason("3 errors", "Failed") == "Failed"
+    assert camel_reason(None, "Failed") == "Failed"
+
+
+def test_s3_retries_back_off_doubling_up_to_eight_seconds():
+    # docs/contracts.md: MLOPS_S3_BACKOFF seconds, doubling, capped at 8.
+    assert store.backoff_delays(6, 0.5) == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert store.backoff_delays(0, 0.5) == []
+
+
+def test_the_s3_client_signs_with_the_configured_keys():
+    client = store.make_client(store.StoreSettings("http://127.0.0.1:9000", "mlops-local", "not-a-secret"))
+    credentials = client._provider.retrieve()  # minio's own record of what it signs with
+    assert (credentials.access_key, credentials.secret_key) == ("mlops-local", "not-a-secret")
+    anonymous = store.make_client(store.StoreSettings("http://127.0.0.1:9000", "", ""))
+    assert anonymous._provider is None
+
+
+def test_an_experiment_records_when_its_first_trials_started():
+    plan = reconcile(make_exp(), ExperimentObserved(), NOW)
+    assert plan.children and plan.status["startTime"] == "2026-03-01T12:00:00Z"
+    later = reconcile(make_exp(status=plan.status), ExperimentObserved(), NOW + timedelta(hours=1))
+    assert later.status["startTime"] == "2026-03-01T12:00:00Z"
