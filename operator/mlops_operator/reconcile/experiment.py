@@ -50,6 +50,7 @@ from .common import (
     child_labels,
     clear_stalled,
     estimator_problem,
+    image_problem,
     with_conditions,
 )
 from .plan import Event, Plan
@@ -129,6 +130,9 @@ def spec_problems(exp: Experiment, settings: Settings) -> list[str]:
     estimator = estimator_problem(exp.spec.estimator, settings.allowed_estimators)
     if estimator:
         problems.append(estimator)
+    image = image_problem(exp.spec.image, settings.allowed_images)
+    if image:
+        problems.append(image)
     metrics = exp.spec.metrics
     objective = exp.spec.objective.metric
     # A cross-validated objective (cv_accuracy_mean) comes from its metric (accuracy).
