@@ -143,6 +143,12 @@ def test_the_controller_makes_the_token_once_and_keeps_it():
     router = cluster.get("apps/v1", "Deployment", ISVC_NS, "iris-router")
     volumes = {v["name"]: v for v in router["spec"]["template"]["spec"]["volumes"]}
     assert volumes["router-admin"]["secret"]["secretName"] == "iris-router-admin"
+    # A deleted Secret is made anew (with a new token: the old one is gone with it).
+    cluster.delete("v1", "Secret", ISVC_NS, "iris-router-admin")
+    obj = cluster.get(API, "InferenceService", ISVC_NS, "iris")
+    isvc_controller.sync(cluster, obj, world.clock, metrics_reader=object(), settings=SETTINGS)
+    again = logic.token_of_router_admin_secret(cluster.get("v1", "Secret", ISVC_NS, "iris-router-admin"))
+    assert again and again != tokens[0]
 
 
 def test_network_policies_let_only_the_router_prometheus_and_operator_reach_the_servers():
@@ -203,3 +209,13 @@ def _model_version_object():
     doc = model_version(1)
     doc["metadata"]["namespace"] = NS
     return ModelVersion.model_validate(doc)
+
+
+def test_policies_are_applied_when_missing_or_changed_and_only_then():
+    desired = logic.desired_network_policies(isvc(), Settings())
+    assert logic.network_policies_to_apply(desired, None) == desired  # not observed: apply all
+    assert logic.network_policies_to_apply(desired, {}) == desired
+    current = {p["metadata"]["name"]: p["spec"] for p in desired}
+    assert logic.network_policies_to_apply(desired, current) == []
+    edited = {**current, "iris-servers": {**current["iris-servers"], "ingress": [{}]}}  # someone opened it up
+    assert [p["metadata"]["name"] for p in logic.network_policies_to_apply(desired, edited)] == ["iris-servers"]

@@ -80,15 +80,22 @@ def _pod_urls(cluster: Cluster, namespace: str, service: str, role: str, port: i
     return tuple(sorted(urls))
 
 
-def observe_router_admin_token(cluster: Cluster, isvc: InferenceService) -> str:
-    """The token in the router's admin Secret; a new random one while there is none yet
-    (the plan then creates the Secret with it, and later syncs read it back)."""
+def observe_router_admin_token(cluster: Cluster, isvc: InferenceService) -> tuple[str, bool]:
+    """(token, whether its Secret exists): the token in the router's admin Secret, or a new
+    random one while there is none (the plan then creates the Secret with it)."""
     name = logic.router_admin_secret_name(isvc.metadata.name)
     try:
-        secret = cluster.get("v1", "Secret", logic.namespace_of(isvc), name)
+        token = logic.token_of_router_admin_secret(cluster.get("v1", "Secret", logic.namespace_of(isvc), name))
     except NotFound:
-        secret = None
-    return logic.token_of_router_admin_secret(secret) or secrets.token_urlsafe(32)
+        token = None
+    return (token, True) if token else (secrets.token_urlsafe(32), False)
+
+
+def observe_network_policies(cluster: Cluster, isvc: InferenceService) -> dict[str, Any]:
+    """name -> spec of the NetworkPolicies labelled as this service's (one list call)."""
+    found = cluster.list("networking.k8s.io/v1", "NetworkPolicy", logic.namespace_of(isvc),
+                         {logic.SERVICE_LABEL: isvc.metadata.name})
+    return {p["metadata"]["name"]: p.get("spec") for p in found}
 
 
 def analysis_target(cluster: Cluster, isvc: InferenceService, status: InferenceServiceStatus,
@@ -174,7 +181,7 @@ def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: dat
     metrics_snapshot: CounterSnapshot | None = None
     metrics_error: str | None = None
     routers_in_sync: bool | None = None
-    router_token = observe_router_admin_token(cluster, isvc)
+    router_token, router_secret_exists = observe_router_admin_token(cluster, isvc)
     wants_metrics = sm.wants_metrics(status, isvc.spec.rollout, now)
     if wants_metrics or status.rollout_stage == "Finalizing":
         target = analysis_target(cluster, isvc, status, bool(getattr(reader, "use_pod_ips", False)), router_token)
@@ -200,6 +207,8 @@ def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: dat
         settings=settings,
         drift=observe_drift(cluster, isvc, status, now, reader, drift_attempts or DRIFT_ATTEMPTS),
         router_admin_token=router_token,
+        router_admin_secret_exists=router_secret_exists,
+        network_policies=observe_network_policies(cluster, isvc),
     )
 
 

@@ -117,6 +117,9 @@ class Observed:
     # The router's admin token: the one in its Secret, or a fresh random one the wiring made
     # because the Secret does not exist yet (the reconciler itself draws no randomness).
     router_admin_token: str | None = None
+    router_admin_secret_exists: bool = False
+    # The service's NetworkPolicies as they are: name -> spec (None: not observed, apply all).
+    network_policies: dict[str, Any] | None = None
 
 
 def deployment_state(deployment: dict[str, Any] | None) -> DeploymentState | None:
@@ -371,8 +374,8 @@ def desired_router_deployment(isvc: InferenceService) -> dict[str, Any]:
 
 
 def desired_router_admin_secret(isvc: InferenceService, token: str) -> dict[str, Any]:
-    """The router's admin token. Written once with a random value by the wiring; every later
-    reconcile writes back the value it observed, so the token is stable."""
+    """The router's admin token, with the random value the wiring drew; in the plan only while
+    the Secret does not exist, so the token is stable (a deleted Secret is made anew)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -466,6 +469,14 @@ def desired_network_policies(isvc: InferenceService, settings: Settings) -> list
         _network_policy(isvc, child_name(name, ROUTER), {"matchLabels": _selector(isvc, ROUTER)},
                         [{"ports": port}]),
     ]
+
+
+def network_policies_to_apply(desired: list[dict[str, Any]], observed: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The desired policies that are missing or differ from what is there: the policies
+    rarely change, and re-applying unchanged ones costs two API calls each per reconcile."""
+    if observed is None:
+        return desired
+    return [p for p in desired if observed.get(p["metadata"]["name"]) != p["spec"]]
 
 
 def desired_stable_service(isvc: InferenceService) -> dict[str, Any]:
@@ -653,10 +664,13 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
             children.append(desired_service(isvc, challenger_name(name), CHALLENGER))
         else:
             deletions += [("apps/v1", "Deployment", challenger_name(name)), ("v1", "Service", challenger_name(name))]
-        if observed.router_admin_token:
+        if observed.router_admin_token and not observed.router_admin_secret_exists:
+            # Written once: the token never changes, so there is nothing to re-apply.
             children.append(desired_router_admin_secret(isvc, observed.router_admin_token))
         children += [desired_router_config_map(isvc, config), desired_router_deployment(isvc),
-                     desired_stable_service(isvc), *desired_network_policies(isvc, observed.settings)]
+                     desired_stable_service(isvc),
+                     *network_policies_to_apply(desired_network_policies(isvc, observed.settings),
+                                                observed.network_policies)]
 
     # 5. Status and conditions.
     phase = phase_of(status, spec.rollout.paused, champion_rejected)
