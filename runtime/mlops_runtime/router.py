@@ -296,6 +296,7 @@ class RouterSettings:
     upstream_timeout: float = 10.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_token: str | None = None
+    admin_token_file: str | None = None
     admin_host: str = DEFAULT_ADMIN_HOST
     admin_port: int | None = None  # no admin listener unless asked for
     allowed_upstreams: frozenset[str] | None = None
@@ -544,6 +545,23 @@ class Router:
         status, merged = merge_feedback(results)
         await respond(send, status, merged)
 
+    def admin_authorized(self, authorization: bytes | None) -> bool:
+        if bearer_token_matches(authorization, self.settings.admin_token):
+            return True
+        # The operator makes a deleted Secret anew, with a new token, and the kubelet updates
+        # the mounted file: a token that does not match is checked against the file once more.
+        path = self.settings.admin_token_file
+        if not path:
+            return False
+        try:
+            fresh = read_token_file(path)
+        except (OSError, ValueError):
+            return False
+        if fresh != self.settings.admin_token:
+            log.warning("admin token changed in %s", path)
+            self.settings.admin_token = fresh
+        return bearer_token_matches(authorization, fresh)
+
     def on_admin_listener(self, scope: Scope) -> bool:
         """Whether the request came in on the admin port (never true without one)."""
         server = scope.get("server") or (None, None)
@@ -556,7 +574,7 @@ class Router:
             return await respond_json(send, 405, error_body(
                 405, "the serving port accepts no config change: the operator writes the router's ConfigMap "
                      "(PUT /admin/config is served on the admin port, on localhost, with the admin token)"))
-        if not bearer_token_matches(header(scope, b"authorization"), self.settings.admin_token):
+        if not self.admin_authorized(header(scope, b"authorization")):
             return await respond_json(send, 401, error_body(401, f"{method} /admin/config needs "
                                                                  "'Authorization: Bearer <admin token>'"))
         if method == "GET":
@@ -632,7 +650,8 @@ def parse_args(argv: list[str] | None = None) -> RouterSettings:
     return RouterSettings(config=config, name=a.name, host=a.host, port=a.port, config_file=a.config_file,
                           config_poll_seconds=a.config_poll, health_interval=a.health_interval,
                           upstream_timeout=a.upstream_timeout, max_body_bytes=a.max_body_bytes,
-                          admin_token=token, admin_host=a.admin_host, admin_port=a.admin_port,
+                          admin_token=token, admin_token_file=a.admin_token_file, admin_host=a.admin_host,
+                          admin_port=a.admin_port,
                           allowed_upstreams=allowed, log_level=a.log_level)
 
 

@@ -210,6 +210,13 @@ def test_reading_the_config_needs_the_token(pod: Pod) -> None:
     assert seen.status_code == 200 and seen.json()["champion"] == pod.ports[logic.champion_name("iris")]
 
 
+def test_a_secret_made_anew_brings_a_new_token(pod: Pod) -> None:
+    url = pod.process.url
+    (pod.admin_dir / logic.ROUTER_ADMIN_KEY).write_text("the-new-token")  # the kubelet's update
+    assert httpx.get(url + "/admin/config", headers=auth("the-new-token")).status_code == 200
+    assert httpx.get(url + "/admin/config", headers=auth(TOKEN)).status_code == 401
+
+
 def test_no_change_is_possible_from_the_service_port(pod: Pod, upstreams: dict[str, Upstream]) -> None:
     url = pod.process.url
     for headers in ({}, auth("wrong"), auth(TOKEN)):
