@@ -191,6 +191,12 @@ class _Rewriter:
         bare = all(set(v) <= {"type"} for v in variants)
         if bare and sorted(types_) == ["integer", "string"]:
             return {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+        if sorted(types_) == ["integer", "string"] and _string_checks_only(variants):
+            # A quantity: string constraints sit beside the marker, where they apply to
+            # strings only (controller-gen writes resource.Quantity the same way).
+            (string,) = [v for v in variants if v["type"] == "string"]
+            return {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
+                    **{k: v for k, v in string.items() if k != "type"}}
         if bare and set(types_) == {"integer", "number"}:
             return {"type": "number"}
         if all(t == "object" and "properties" in v for t, v in zip(types_, variants)):
@@ -412,6 +418,15 @@ class _Rewriter:
         return handled  # a model without fields
 
 
+def _string_checks_only(variants: list[Schema]) -> bool:
+    """An int | str union whose integer is bare and whose string has only string checks."""
+    for variant in variants:
+        allowed = {"type"} if variant.get("type") == "integer" else {"type", "pattern", "maxLength", "minLength"}
+        if not set(variant) <= allowed:
+            return False
+    return True
+
+
 def _has_type(node: Schema) -> bool:
     return "type" in node or "properties" in node
 
@@ -493,6 +508,10 @@ def crd_manifest(kind_cls: type[BaseModel]) -> dict[str, Any]:
     if status_model is not None:
         properties["status"] = structural_schema(status_model, path="status")
     root: Schema = {"type": "object", "properties": properties, "required": ["spec"]}
+    root_rules = getattr(kind_cls, "cel_validations", lambda: [])()
+    if root_rules:
+        # Rules of the Kind itself, e.g. on metadata.name: the only place CEL can read it.
+        root["x-kubernetes-validations"] = root_rules
     description = _kind_description(kind_cls)
     if description:
         root["description"] = description

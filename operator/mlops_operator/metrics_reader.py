@@ -77,6 +77,7 @@ class AnalysisTarget:
     challenger_urls: tuple[str, ...] = ()
     prometheus_url: str | None = None
     port: int = 8080
+    router_token: str | None = field(default=None, repr=False)  # what the routers' /admin/config asks for
 
 
 def _le(labels: dict[str, str]) -> str:
@@ -191,9 +192,12 @@ class MetricsReader:
     use_pod_ips: bool = False
     opener: Callable[..., Any] = field(default=urllib.request.urlopen, repr=False)
 
-    def _get(self, url: str) -> bytes:
+    def _get(self, url: str, token: str | None = None) -> bytes:
+        request: Any = url
+        if token:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         try:
-            with self.opener(url, timeout=self.timeout) as response:
+            with self.opener(request, timeout=self.timeout) as response:
                 return response.read()
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise MetricsUnavailable(f"GET {url}: {error}") from None
@@ -269,7 +273,7 @@ class MetricsReader:
         try:
             for base in self._bases(target.router_urls, target.router_service, target):
                 try:
-                    configs.append(json.loads(self._get(base.rstrip("/") + "/admin/config")))
+                    configs.append(json.loads(self._get(base.rstrip("/") + "/admin/config", target.router_token)))
                 except json.JSONDecodeError as error:
                     raise MetricsUnavailable(f"{base}/admin/config: not JSON: {error}") from None
         except MetricsUnavailable:

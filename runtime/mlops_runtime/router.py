@@ -15,8 +15,20 @@ A challenger that is unhealthy, unreachable or answers 5xx never costs the clien
 is retried on the champion and counted in `mlops_router_fallbacks_total`.
 
 Weights and mode change at run time from `--config-file` (polled every second; Kubernetes swaps
-a ConfigMap volume's symlink, so the path is re-stat'ed, never an open inode) and from
-`PUT /admin/config`. The last change wins. Feedback (`POST /feedback`) is sent to every variant;
+a ConfigMap volume's symlink, so the path is re-stat'ed, never an open inode), and from
+`PUT /admin/config` on the admin listener only. The last change wins.
+
+The control surface is not part of the data plane (docs/security.md):
+- the serving port answers prediction, feedback, health and metrics; `GET /admin/config`
+  there needs `Authorization: Bearer <admin token>`, and it never accepts a change;
+- `PUT /admin/config` is served only on `--admin-port`, bound to `--admin-host` (127.0.0.1 by
+  default: reachable through `kubectl port-forward`, not through a Service), and only with the
+  token; the router refuses to open that port without one;
+- the upstreams a config may name are the ones on the command line (`--champion`,
+  `--challenger`, `--upstream`): the operator lists its variants' Services there, so neither
+  the file nor the admin API can point the router at any other address.
+
+Feedback (`POST /feedback`) is sent to every variant;
 each scores the request ids it served (in shadow mode both do, which gives the challenger an
 online accuracy without it answering anyone).
 """
@@ -72,6 +84,8 @@ MAX_SHADOW_IN_FLIGHT = 256
 FALLBACK_LOG_SECONDS = 10.0
 ADMIN_TOKEN_ENV = "MLOPS_ROUTER_ADMIN_TOKEN"
 CONFIG_KEYS = {"champion", "challenger", "weight", "mode", "stickyHeader"}
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+ADMIN_BODY_BYTES = 64 * 1024
 
 
 # -- configuration (pure) ------------------------------------------------------------------------
@@ -94,15 +108,26 @@ class RouterConfig:
                 "mode": self.mode, "stickyHeader": self.sticky_header}
 
 
-def _url(value: Any, field: str) -> str:
-    """Variants are plain HTTP services inside the cluster (`http://host:port`)."""
+def _url(value: Any, field: str, allowed: frozenset[str] | None = None) -> str:
+    """Variants are plain HTTP services inside the cluster (`http://host:port`), and only those
+    in `allowed` when it is given (the operator's variants, from the command line)."""
     if not isinstance(value, str) or not value.startswith("http://") or len(value) <= len("http://"):
         raise ConfigError(f"{field} must be an http://host:port URL, got {value!r:.80}")
-    return value.rstrip("/")
+    url = normalise_upstream(value)
+    if allowed is not None and url not in allowed:
+        raise ConfigError(f"{field} {url!r:.80} is not one of the upstreams this router was started with "
+                          f"({', '.join(sorted(allowed))})")
+    return url
 
 
-def parse_config(doc: Any, base: RouterConfig | None = None) -> RouterConfig:
-    """Validate a router.json document; fields it leaves out keep their value from `base`."""
+def normalise_upstream(url: str) -> str:
+    return url.rstrip("/")
+
+
+def parse_config(doc: Any, base: RouterConfig | None = None,
+                 allowed: frozenset[str] | None = None) -> RouterConfig:
+    """Validate a router.json document; fields it leaves out keep their value from `base`.
+    With `allowed`, champion and challenger must be among those upstream URLs."""
     if not isinstance(doc, dict):
         raise ConfigError("router config must be a JSON object")
     unknown = sorted(set(doc) - CONFIG_KEYS)
@@ -122,12 +147,35 @@ def parse_config(doc: Any, base: RouterConfig | None = None) -> RouterConfig:
     if sticky is not None and (not isinstance(sticky, str) or not sticky.strip()):
         raise ConfigError("stickyHeader must be a header name or null")
     return RouterConfig(
-        champion=_url(champion, "champion"),
-        challenger=_url(challenger, "challenger") if challenger else None,
+        champion=_url(champion, "champion", allowed),
+        challenger=_url(challenger, "challenger", allowed) if challenger else None,
         weight=float(weight),
         mode=mode,
         sticky_header=sticky.strip().lower() if sticky else None,
     )
+
+
+def allowed_upstreams(flags: dict[str, Any], extra: list[str]) -> frozenset[str]:
+    """The upstreams a config may name: the command line's champion, challenger and
+    `--upstream` URLs (each validated as an upstream URL)."""
+    urls = [flags[k] for k in ("champion", "challenger") if flags.get(k)] + list(extra)
+    return frozenset(_url(url, "--upstream") for url in urls)
+
+
+def bearer_token_matches(authorization: bytes | None, token: str | None) -> bool:
+    """Whether an Authorization header carries `token`; no token configured matches nothing."""
+    if not token:
+        return False
+    given = (authorization or b"").decode("latin-1")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def read_token_file(path: str) -> str:
+    """The admin token from a mounted Secret file (a trailing newline is not part of it)."""
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"{path} is empty")
+    return token
 
 
 def live_weight(config: RouterConfig) -> float:
@@ -262,6 +310,10 @@ class RouterSettings:
     upstream_timeout: float = 10.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_token: str | None = None
+    admin_token_file: str | None = None
+    admin_host: str = DEFAULT_ADMIN_HOST
+    admin_port: int | None = None  # no admin listener unless asked for
+    allowed_upstreams: frozenset[str] | None = None
     log_level: str = "info"
 
 
@@ -290,7 +342,8 @@ class Router:
             self.tasks.append(asyncio.create_task(self._watch_config_file()))
         self.tasks.append(asyncio.create_task(self._watch_challenger_health()))
         if not self.settings.admin_token:
-            log.warning("PUT /admin/config needs no token (set %s to require one)", ADMIN_TOKEN_ENV)
+            log.warning("no admin token (--admin-token-file or %s): GET /admin/config answers 401 to everyone",
+                        ADMIN_TOKEN_ENV)
 
     async def shutdown(self) -> None:
         for task in self.tasks:
@@ -320,7 +373,8 @@ class Router:
             return
         self.config_stamp = stamp
         try:
-            config = parse_config(json.loads(Path(path).read_text()), base=self.config)
+            config = parse_config(json.loads(Path(path).read_text()), base=self.config,
+                                  allowed=self.settings.allowed_upstreams)
         except (OSError, ValueError) as error:
             log.error("config file %s not applied: %s", path, error)
             return
@@ -358,6 +412,8 @@ class Router:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        if self.on_admin_listener(scope) and path != "/admin/config":
+            return await respond_json(send, 404, error_body(404, "the admin port serves /admin/config only"))
         if method == "POST" and (path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))):
             return await self.route(scope, receive, send)
         if path == "/v2/health/live":
@@ -513,20 +569,43 @@ class Router:
         status, merged = merge_feedback(results)
         await respond(send, status, merged)
 
+    def admin_authorized(self, authorization: bytes | None) -> bool:
+        if bearer_token_matches(authorization, self.settings.admin_token):
+            return True
+        # The operator makes a deleted Secret anew, with a new token, and the kubelet updates
+        # the mounted file: a token that does not match is checked against the file once more.
+        path = self.settings.admin_token_file
+        if not path:
+            return False
+        try:
+            fresh = read_token_file(path)
+        except (OSError, ValueError):
+            return False
+        if fresh != self.settings.admin_token:
+            log.warning("admin token changed in %s", path)
+            self.settings.admin_token = fresh
+        return bearer_token_matches(authorization, fresh)
+
+    def on_admin_listener(self, scope: Scope) -> bool:
+        """Whether the request came in on the admin port (never true without one)."""
+        server = scope.get("server") or (None, None)
+        return self.settings.admin_port is not None and server[1] == self.settings.admin_port
+
     async def admin_config(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        if method not in ("GET", "PUT"):
+            return await respond_json(send, 405, error_body(405, "use GET or PUT /admin/config"))
+        if method == "PUT" and not self.on_admin_listener(scope):
+            return await respond_json(send, 405, error_body(
+                405, "the serving port accepts no config change: the operator writes the router's ConfigMap "
+                     "(PUT /admin/config is served on the admin port, on localhost, with the admin token)"))
+        if not self.admin_authorized(header(scope, b"authorization")):
+            return await respond_json(send, 401, error_body(401, f"{method} /admin/config needs "
+                                                                 "'Authorization: Bearer <admin token>'"))
         if method == "GET":
             return await respond_json(send, 200, self._config_view())
-        if method != "PUT":
-            return await respond_json(send, 405, error_body(405, "use GET or PUT /admin/config"))
-        token = self.settings.admin_token
-        if token:
-            given = (header(scope, b"authorization") or b"").decode("latin-1")
-            if not hmac.compare_digest(given, f"Bearer {token}"):
-                return await respond_json(send, 401, error_body(401, "PUT /admin/config needs "
-                                                                     "'Authorization: Bearer <admin token>'"))
         try:
-            doc = parse_json(await read_body(scope, receive, 64 * 1024))
-            config = parse_config(doc, base=self.config)
+            doc = parse_json(await read_body(scope, receive, ADMIN_BODY_BYTES))
+            config = parse_config(doc, base=self.config, allowed=self.settings.allowed_upstreams)
         except HttpError as error:
             return await respond_json(send, error.status, error_body(error.status, error.message))
         except ConfigError as error:
@@ -557,8 +636,15 @@ def parse_args(argv: list[str] | None = None) -> RouterSettings:
     p.add_argument("--health-interval", type=float, default=2.0, help="seconds between challenger health checks")
     p.add_argument("--config-poll", type=float, default=1.0, help="seconds between config file checks")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--upstream", action="append", default=[], metavar="URL",
+                   help="another upstream a config may name (repeatable); besides these, only --champion and "
+                        "--challenger")
     p.add_argument("--admin-token", default=os.environ.get(ADMIN_TOKEN_ENV),
-                   help=f"require 'Authorization: Bearer TOKEN' on PUT /admin/config (or {ADMIN_TOKEN_ENV})")
+                   help=f"the token /admin/config requires as 'Authorization: Bearer TOKEN' (or {ADMIN_TOKEN_ENV})")
+    p.add_argument("--admin-token-file", help="read the admin token from this file (a mounted Secret)")
+    p.add_argument("--admin-port", type=int, help="serve PUT /admin/config on this port (needs a token)")
+    p.add_argument("--admin-host", default=DEFAULT_ADMIN_HOST,
+                   help="address of the admin port (default 127.0.0.1: not reachable through a Service)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     doc: dict[str, Any] = {k: v for k, v in (("champion", a.champion), ("challenger", a.challenger),
@@ -569,20 +655,54 @@ def parse_args(argv: list[str] | None = None) -> RouterSettings:
             doc.update(json.loads(Path(a.config_file).read_text()))
         except (OSError, ValueError) as error:
             p.error(f"--config-file {a.config_file}: {error}")
+    token = a.admin_token or None
+    if a.admin_token_file:
+        try:
+            token = read_token_file(a.admin_token_file)
+        except (OSError, ValueError) as error:
+            p.error(f"--admin-token-file: {error}")
+    if a.admin_port is not None and not token:
+        p.error("--admin-port needs an admin token (--admin-token-file, --admin-token or "
+                f"{ADMIN_TOKEN_ENV}): the admin API is never open without one")
+    if a.admin_port is not None and a.admin_port == a.port:
+        p.error("--admin-port must differ from --port: the serving port accepts no config change")
     try:
-        config = parse_config(doc)
+        allowed = allowed_upstreams({"champion": a.champion, "challenger": a.challenger}, a.upstream)
+        config = parse_config(doc, allowed=allowed)
     except ConfigError as error:
         p.error(str(error))
     return RouterSettings(config=config, name=a.name, host=a.host, port=a.port, config_file=a.config_file,
                           config_poll_seconds=a.config_poll, health_interval=a.health_interval,
                           upstream_timeout=a.upstream_timeout, max_body_bytes=a.max_body_bytes,
-                          admin_token=a.admin_token or None, log_level=a.log_level)
+                          admin_token=token, admin_token_file=a.admin_token_file, admin_host=a.admin_host,
+                          admin_port=a.admin_port,
+                          allowed_upstreams=allowed, log_level=a.log_level)
+
+
+def serve_router(router: Router, settings: RouterSettings) -> None:
+    """The serving port, and the admin port beside it when one is asked for: one server, two
+    sockets; a request's `scope["server"]` tells which one it came in on."""
+    if settings.admin_port is None:
+        return run_uvicorn(router, settings.host, settings.port, 1, settings.log_level)
+    import socket
+
+    import uvicorn
+
+    sockets = []
+    for host, port in ((settings.host, settings.port), (settings.admin_host, settings.admin_port)):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sockets.append(sock)
+    config = uvicorn.Config(router, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                            server_header=False, log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     configure_logging(settings.log_level)
-    run_uvicorn(Router(settings), settings.host, settings.port, 1, settings.log_level)
+    serve_router(Router(settings), settings)
     return 0
 
 

@@ -110,7 +110,7 @@ def namespace(deployed: Kube) -> Iterator[str]:
     deployed.run("create", "namespace", name)
     try:
         deployed.run("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
-        credentials = [doc for doc in yaml.safe_load_all(deployed.run("kustomize", str(ROOT / "manifests" / "credentials")))
+        credentials = [doc for doc in yaml.safe_load_all(deployed.run("kustomize", str(ROOT / "manifests" / "overlays" / "kind" / "credentials")))
                        if doc]
         for secret in credentials:
             secret["metadata"]["namespace"] = name

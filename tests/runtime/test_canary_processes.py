@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,10 @@ from trainer import train_all
 from mlops_operator.cluster.memory import InMemoryCluster
 from mlops_operator.cluster.port import NotFound
 from mlops_operator.controllers import inference_service as controller
+from mlops_operator.local import proxy
+from mlops_operator.local.proxy import ServiceProxy
 from mlops_operator.metrics_reader import MetricsReader
+from mlops_operator.reconcile import inference_service as logic
 from mlops_operator.reconcile.common import Settings
 from mlops_runtime.serving_process import ServerProcess, free_port
 
@@ -105,15 +109,21 @@ def write_configmap(folder: Path, text: str) -> None:
 
 
 class LocalKubelet:
-    """Runs the controller's Deployments as processes, maps Service names to their local
-    URLs, and projects the router ConfigMap into a config file (URLs mapped)."""
+    """Runs the controller's Deployments as processes, gives each Service a stable local
+    port (local mode's ServiceProxy) that forwards to its current pod, and projects the router
+    ConfigMap into a config file and its admin Secret into a token file (URLs mapped). Stable
+    Service addresses matter: the router accepts only the upstreams on its command line."""
 
     def __init__(self, cluster: InMemoryCluster, s3: Any, tmp: Path) -> None:
         self.cluster, self.s3, self.tmp = cluster, s3, tmp
         self.processes: dict[str, tuple[str, ServerProcess]] = {}  # deployment -> (template key, process)
-        self.services: dict[str, str] = {}  # service name -> local base URL
+        self.services: dict[str, str] = {}  # service name -> local base URL, once a pod serves it
+        self.proxy = ServiceProxy()
+        self.service_ports: dict[str, int] = {}
         self.config_dir = tmp / "router-config"
         self.config_dir.mkdir()
+        self.admin_dir = tmp / "router-admin"
+        self.admin_dir.mkdir()
         self.config_text: str | None = None
         self.stopped: list[ServerProcess] = []
         self.on_change: Any = None  # called with the running processes when they change
@@ -121,17 +131,35 @@ class LocalKubelet:
     def url_for(self, service: str, namespace: str, port: int) -> str:
         return self.services.get(service, f"http://127.0.0.1:9/{service}")
 
+    def service_port(self, service: str) -> int:
+        if service not in self.service_ports:
+            self.service_ports[service] = free_port()
+        return self.service_ports[service]
+
     def _local(self, text: str) -> str:
-        for service, url in sorted(self.services.items(), key=lambda item: -len(item[0])):
-            text = text.replace(f"http://{service}.{NS}.svc:8080", url)
-        return text
+        return re.sub(rf"http://([a-z0-9-]+)\.{NS}\.svc:8080",
+                      lambda m: f"http://127.0.0.1:{self.service_port(m[1])}", text)
+
+    def _serve(self, service: str, process: ServerProcess) -> None:
+        """The Service moves to `process` (new connections go there)."""
+        self.proxy.set_backends(self.service_port(service), [process.port])
+        self.services[service] = f"http://127.0.0.1:{self.service_port(service)}"
+
+    def project_admin_token(self) -> None:
+        for secret in self.cluster.list("v1", "Secret", NS):
+            token = logic.token_of_router_admin_secret(secret)
+            if token:
+                (self.admin_dir / logic.ROUTER_ADMIN_KEY).write_text(token)
 
     def _start(self, name: str, container: dict[str, Any]) -> ServerProcess:
         module, *args = container["args"]
         cut = args.index("--port")
         args = args[:cut] + args[cut + 2:]  # ServerProcess picks the port
         if module == "mlops_runtime.router":
-            args = [a.replace("/etc/mlops/router", str(self.config_dir)) for a in args]
+            self.project_admin_token()
+            args = [a.replace(logic.ROUTER_ADMIN_DIR, str(self.admin_dir)).replace(logic.ROUTER_CONFIG_DIR,
+                                                                                 str(self.config_dir))
+                    for a in args]
             args += ["--config-poll", "0.2", "--health-interval", "0.3"]
         args += ["--log-level", "warning"]
         process = ServerProcess(module, self._local(" ".join(args)).split(" "), env=self.s3.env,
@@ -146,6 +174,7 @@ class LocalKubelet:
                 self.stopped.append(process)
                 del self.processes[name]
                 self.services.pop(name, None)
+                self.proxy.set_backends(self.service_port(name), [])
                 if self.on_change is not None:
                     self.on_change([p for _, p in self.processes.values()])
         # Model servers first: the router's config needs their URLs.
@@ -161,9 +190,9 @@ class LocalKubelet:
                 process.wait_ready(timeout=90) if not name.endswith("-router") else process.wait_live(timeout=60)
                 # A rolling update: the Service moves to the new pod, the router's file follows
                 # (it polls every 0.2 s), then the old pod goes, after a grace period.
-                self.services[name] = process.url
+                self._serve(name, process)
                 if name.endswith("-router"):
-                    self.services[name.removesuffix("-router")] = process.url
+                    self._serve(name.removesuffix("-router"), process)
                 self.processes[name] = (key, process)
                 self.project_config(force=True)
                 if current is not None:
@@ -216,6 +245,7 @@ class LocalKubelet:
     def stop_all(self) -> None:
         for _, process in self.processes.values():
             process.stop()
+        self.proxy.stop()
 
 
 class Traffic:
@@ -277,7 +307,10 @@ class Traffic:
 
 
 @pytest.fixture
-def world(s3: Any, trained: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def world(s3: Any, trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    # A Service whose pod died refuses at once, as on a cluster (local mode's proxy instead
+    # waits for the pod to come back, which would hide the crash from the router).
+    monkeypatch.setattr(proxy, "BACKEND_WAIT_SECONDS", 0.0)
     cluster = InMemoryCluster()
     for version, name in enumerate(("iris-v1", "iris-v2", "iris-v3"), start=1):
         cluster.create(model_version_doc(name, version, trained[name]))

@@ -149,21 +149,40 @@ def stack(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         broken.wait_live(timeout=60)
         write_configmap(configmap, {"champion": champion.url, "challenger": challenger.url, "weight": 0,
                                     "mode": "canary"})
+        # The admin port (localhost, token) takes the changes these tests make; the variants
+        # and the two unusable champions of the readiness test are its allowed upstreams.
+        unreachable = f"http://127.0.0.1:{free_port()}"
         router = ServerProcess("mlops_runtime.router", [
             "--champion", champion.url, "--config-file", str(configmap / "router.json"), "--name", "iris",
-            "--config-poll", "0.2", "--health-interval", "0.3", "--admin-token", TOKEN, "--log-level", "warning"],
+            "--upstream", challenger.url, "--upstream", broken.url, "--upstream", unreachable,
+            "--config-poll", "0.2", "--health-interval", "0.3", "--admin-token", TOKEN,
+            "--admin-port", str(free_port()), "--log-level", "warning"],
             port=router_port, log_path=tmp / "router.log")
         processes.append(router)
         router.start().wait_ready(timeout=30)
         yield {"router": router, "champion": champion, "challenger": challenger, "broken": broken,
-               "configmap": configmap}
+               "configmap": configmap, "unreachable": unreachable}
     finally:
         for proc in processes:
             proc.stop()
 
 
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def admin_url(router: ServerProcess) -> str:
+    port = router.args[router.args.index("--admin-port") + 1]
+    return f"http://127.0.0.1:{port}/admin/config"
+
+
 def put_config(router: ServerProcess, **doc: Any) -> dict[str, Any]:
-    answer = httpx.put(router.url + "/admin/config", json=doc, headers={"authorization": f"Bearer {TOKEN}"})
+    answer = httpx.put(admin_url(router), json=doc, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def get_config(router: ServerProcess) -> dict[str, Any]:
+    answer = httpx.get(router.url + "/admin/config", headers=AUTH)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -254,7 +273,7 @@ def test_shadow_mode_never_changes_a_response(stack: dict) -> None:
 @pytest.mark.parametrize("failure", ["connection refused", "answers 503"])
 def test_a_bad_challenger_causes_no_client_error(stack: dict, failure: str) -> None:
     router = stack["router"]
-    bad = f"http://127.0.0.1:{free_port()}" if failure == "connection refused" else stack["broken"].url
+    bad = stack["unreachable"] if failure == "connection refused" else stack["broken"].url
     put_config(router, challenger=bad, weight=50, mode="canary")
     fallbacks = metric(router.url, "mlops_router_fallbacks_total")
     results = asyncio.run(fire(router.url + "/predict", [{"instances": [ROWS[i % 150]]} for i in range(200)]))
@@ -295,7 +314,7 @@ def test_config_file_changes_apply_without_a_restart(stack: dict) -> None:
     def config_seen(accept: Any) -> dict[str, Any]:
         deadline = time.monotonic() + 60  # generous: a loaded machine
         while time.monotonic() < deadline:
-            seen = httpx.get(router.url + "/admin/config").json()
+            seen = get_config(router)
             if accept(seen):
                 return seen
             time.sleep(0.1)
@@ -310,7 +329,7 @@ def test_config_file_changes_apply_without_a_restart(stack: dict) -> None:
     while "weight must be a number from 0 to 100" not in router.log_tail(20_000):
         assert time.monotonic() < deadline, router.log_tail()
         time.sleep(0.1)
-    assert httpx.get(router.url + "/admin/config").json()["weight"] == 37.5
+    assert get_config(router)["weight"] == 37.5
     write_configmap(configmap, {"champion": stack["champion"].url, "challenger": stack["challenger"].url,
                                 "weight": 12, "mode": "canary"})
     config_seen(lambda c: c["weight"] == 12 and c["mode"] == "canary")
@@ -318,14 +337,15 @@ def test_config_file_changes_apply_without_a_restart(stack: dict) -> None:
 
 def test_admin_endpoint_validates_and_needs_the_token(stack: dict) -> None:
     router = stack["router"]
-    assert httpx.put(router.url + "/admin/config", json={"weight": 5}).status_code == 401
+    assert httpx.put(admin_url(router), json={"weight": 5}).status_code == 401
+    assert httpx.put(router.url + "/admin/config", json={"weight": 5}, headers=AUTH).status_code == 405
     for doc, message in [({"weight": 150}, "weight must be a number from 0 to 100"),
                          ({"mode": "blue"}, "mode must be 'canary' or 'shadow'"),
                          ({"colour": 1}, "unknown field(s)")]:
-        answer = httpx.put(router.url + "/admin/config", json=doc, headers={"authorization": f"Bearer {TOKEN}"})
+        answer = httpx.put(admin_url(router), json=doc, headers=AUTH)
         assert answer.status_code == 400 and message in answer.json()["error"]
     assert put_config(router, weight=7)["weight"] == 7
-    assert httpx.get(router.url + "/admin/config").json()["weight"] == 7
+    assert get_config(router)["weight"] == 7
 
 
 def test_router_is_ready_only_while_the_champion_is(stack: dict) -> None:
@@ -334,7 +354,7 @@ def test_router_is_ready_only_while_the_champion_is(stack: dict) -> None:
     put_config(router, champion=stack["broken"].url)
     not_ready = httpx.get(router.url + "/v2/health/ready")
     assert not_ready.status_code == 400 and "champion not ready" in not_ready.json()["reason"]
-    put_config(router, champion=f"http://127.0.0.1:{free_port()}")
+    put_config(router, champion=stack["unreachable"])
     assert "champion unreachable" in httpx.get(router.url + "/v2/health/ready").json()["reason"]
     assert httpx.get(router.url + "/v2/health/live").status_code == 200
     put_config(router, champion=stack["champion"].url)

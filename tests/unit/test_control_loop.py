@@ -369,7 +369,7 @@ def run_experiment_named(world: World, name: str) -> None:
 
 @pytest.mark.parametrize("change, message", [
     ({"estimator": "os.system"}, "spec.estimator: 'os.system' is not in the operator's allow-list"),
-    ({"search": {"parallelism": 5, "maxTrials": 2}}, "spec.search: parallelism: 5 exceeds maxTrials 2"),
+    ({"search": {"parallelism": 5, "maxTrials": 2}}, "spec.search.parallelism: must not exceed maxTrials"),
     ({"metrics": ["f1_macro"]}, "spec.objective.metric: 'accuracy' is not among spec.metrics"),
 ])
 def test_invalid_spec(change, message):

@@ -1,6 +1,7 @@
-"""Every example is accepted, and every broken resource in tests/data/invalid/ is refused,
-by both gates a user meets: the pydantic models (what the operator enforces) and the CRD
-(what the apiserver enforces on `kubectl apply`).
+"""Every example and every resource in tests/data/valid/ is accepted, and every broken
+resource in tests/data/invalid/ is refused, by both gates a user meets: the pydantic models
+(what the operator and local mode enforce) and the CRD (what the apiserver enforces on
+`kubectl apply`). The two layers must agree: one verdict, naming the same field.
 
 The CRD side is emulated without an apiserver: its OpenAPI v3.0 schema is turned into a
 JSON Schema (`nullable` -> null allowed, unknown fields refused as the apiserver's strict
@@ -33,6 +34,7 @@ from mlops_operator.api import KINDS_BY_NAME, parse_manifest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+VALID = sorted((ROOT / "tests" / "data" / "valid").glob("*.yaml"))
 EXPECT_FIELD = "mlops.seed.io/expect-error-field"
 EXPECT_REJECTED_BY = "mlops.seed.io/expect-rejected-by"
 
@@ -50,8 +52,16 @@ def example_docs() -> list[Any]:
 
 
 def invalid_docs() -> list[Any]:
+    return corpus_docs(INVALID)
+
+
+def valid_docs() -> list[Any]:
+    return corpus_docs(VALID)
+
+
+def corpus_docs(paths: list[Path]) -> list[Any]:
     params = []
-    for path in INVALID:
+    for path in paths:
         (doc,) = documents(path)
         params.append(pytest.param(doc, id=path.stem))
     return params
@@ -102,6 +112,22 @@ def with_defaults(node: dict[str, Any], value: Any) -> Any:
         return {k: with_defaults(node["additionalProperties"], v) for k, v in value.items()}
     if isinstance(value, list) and "items" in node:
         return [with_defaults(node["items"], v) for v in value]
+    return value
+
+
+def typed_as_in_the_schema(node: dict[str, Any], value: Any) -> Any:
+    """`value` as the apiserver hands it to CEL: a `number` field is a double even when the
+    YAML wrote an integer (cel-python would otherwise see an int, and `0 > 0.0` has no
+    overload there)."""
+    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        if "properties" in node:
+            return {k: typed_as_in_the_schema(node["properties"].get(k, {}), v) for k, v in value.items()}
+        if isinstance(node.get("additionalProperties"), dict):
+            return {k: typed_as_in_the_schema(node["additionalProperties"], v) for k, v in value.items()}
+    if isinstance(value, list) and "items" in node:
+        return [typed_as_in_the_schema(node["items"], v) for v in value]
     return value
 
 
@@ -171,7 +197,7 @@ def crd_refusals(doc: dict[str, Any]) -> list[Refusal]:
     ]
     if refusals:
         return refusals
-    return cel_refusals(schema, with_defaults(schema, doc), "")
+    return cel_refusals(schema, typed_as_in_the_schema(schema, with_defaults(schema, doc)), "")
 
 
 def names_field(path: str, message: str, expected: str) -> bool:
@@ -212,8 +238,22 @@ def test_iris_example_is_small_enough_for_the_local_demo():
 # --------------------------------------------------------------------------- invalid resources
 
 
-def test_there_are_enough_invalid_resources():
-    assert len(INVALID) >= 10
+def test_the_corpus_is_large_and_covers_every_kind():
+    kinds = {d["kind"] for p in INVALID for d in documents(p)}
+    assert len(INVALID) >= 60 and kinds == set(KINDS_BY_NAME)
+    assert len(VALID) >= 10 and {d["kind"] for p in VALID for d in documents(p)} == set(KINDS_BY_NAME)
+    by = {d["metadata"]["annotations"][EXPECT_REJECTED_BY] for p in INVALID for d in documents(p)}
+    assert by == {"schema", "cel"}
+
+
+@pytest.mark.parametrize("doc", valid_docs())
+def test_valid_resource_is_accepted_by_the_model(doc):
+    assert parse_manifest(doc).to_manifest()["metadata"]["name"] == doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("doc", valid_docs())
+def test_valid_resource_is_accepted_by_the_crd(doc):
+    assert crd_refusals(doc) == []
 
 
 @pytest.mark.parametrize("doc", invalid_docs())

@@ -300,7 +300,7 @@ def _cluster_role() -> dict:
     return next(doc for doc in _documents() if doc["kind"] == "ClusterRole")
 
 
-def test_rules_have_no_wildcards_secrets_or_identity_powers() -> None:
+def test_rules_have_no_wildcards_secret_listing_or_identity_powers() -> None:
     rules = _cluster_role()["rules"]
     for rule in rules:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected keys in {rule}"
@@ -308,7 +308,8 @@ def test_rules_have_no_wildcards_secrets_or_identity_powers() -> None:
             assert "*" not in rule[field], f"wildcard in {rule}"
         assert not set(rule["verbs"]) & FORBIDDEN_VERBS, rule
     resources = {resource for _, resource, _ in granted(rules)}
-    assert "secrets" not in resources
+    # Secrets: the router admin tokens the operator makes; never listed, never watched.
+    assert {verb for _, resource, verb in granted(rules) if resource == "secrets"} == {"get", "create", "patch"}
     assert not {"leases", "kopfpeerings", "clusterkopfpeerings"} & resources, "--standalone needs no peering"
     assert len(granted(rules)) == sum(len(r["apiGroups"]) * len(r["resources"]) * len(r["verbs"]) for r in rules), \
         "rules overlap: a permission is granted twice"
@@ -334,3 +335,71 @@ def test_the_binding_gives_the_role_to_the_operators_service_account() -> None:
                                   "name": _cluster_role()["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": "mlops-system"}]
+
+
+# --- the namespaced overlay ----------------------------------------------------------------
+
+NAMESPACED_OVERLAY = ROOT / "manifests" / "overlays" / "namespaced"
+
+
+@pytest.fixture(scope="module")
+def namespaced() -> list[dict]:
+    import subprocess
+    import sys
+
+    beside = Path(sys.executable).with_name("kubectl")
+    kubectl = str(beside) if beside.is_file() else "kubectl"
+    result = subprocess.run([kubectl, "kustomize", str(NAMESPACED_OVERLAY)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {NAMESPACED_OVERLAY} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _namespaced_calls(calls: Iterable[Permission]) -> tuple[set[Permission], set[Permission]]:
+    """(calls on namespaced resources, calls on cluster-scoped ones), by the port's table."""
+    scoped = {(r.group, r.plural) for r in all_resources() if not r.namespaced}
+    inside, outside = set(), set()
+    for group, resource, verb in calls:
+        (outside if (group, resource.split("/")[0]) in scoped else inside).add((group, resource, verb))
+    return inside, outside
+
+
+def watched_namespaces(objects: list[dict]) -> list[str]:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlops-operator"]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--all-namespaces" not in command and "-A" not in command, command
+    return [command[i + 1] for i, part in enumerate(command) if part in ("--namespace", "-n")]
+
+
+def test_the_namespaced_operator_watches_a_list_and_holds_a_role_in_each(namespaced: list[dict]) -> None:
+    watched = watched_namespaces(namespaced)
+    assert watched and len(set(watched)) == len(watched)
+    roles = {o["metadata"]["namespace"] for o in namespaced if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in namespaced if o["kind"] == "RoleBinding"}
+    assert roles == set(bindings) == set(watched)
+    for binding in bindings.values():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mlops-operator"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlops-operator",
+                                        "namespace": "mlops-system"}]
+
+
+def test_the_namespaced_roles_equal_what_the_operator_uses(namespaced: list[dict],
+                                                           recorded_calls: set[Permission]) -> None:
+    """In namespaced mode kopf needs no namespace watch; every namespaced call is granted
+    by each Role, and the ClusterRole keeps only kopf's cluster-scoped CRD discovery."""
+    used = kopf_needs(operator_registry(), clusterwide=False) | recorded_calls
+    inside, outside = _namespaced_calls(used)
+    for role in (o for o in namespaced if o["kind"] == "Role"):
+        where = role["metadata"]["namespace"]
+        assert not uncovered(role["rules"], inside), f"{where}: missing {sorted(uncovered(role['rules'], inside))}"
+        assert not extra_rules(role["rules"], inside), f"{where}: unused {sorted(extra_rules(role['rules'], inside))}"
+    (cluster_role,) = [o for o in namespaced if o["kind"] == "ClusterRole"]
+    assert granted(cluster_role["rules"]) == outside - {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert {resource for _, resource, _ in granted(cluster_role["rules"])} == {"customresourcedefinitions"}
+
+
+def test_the_cluster_wide_rules_are_the_union_of_the_namespaced_ones(namespaced: list[dict]) -> None:
+    """The two modes grant the same things, one cluster-wide, one per namespace."""
+    (role, *_) = [o for o in namespaced if o["kind"] == "Role"]
+    inside, _ = _namespaced_calls(granted(_cluster_role()["rules"]))
+    assert granted(role["rules"]) == inside

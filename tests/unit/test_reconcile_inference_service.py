@@ -127,7 +127,8 @@ def test_every_pod_is_restricted_and_the_router_reads_its_weights_from_the_confi
     router = deployments["iris-router"]["spec"]["template"]["spec"]
     assert router["containers"][0]["args"] == [
         "mlops_runtime.router", "--port", "8080", "--champion", "http://iris-champion.ml.svc:8080",
-        "--config-file", "/etc/mlops/router/router.json", "--name", "iris"]
+        "--upstream", "http://iris-challenger.ml.svc:8080", "--config-file", "/etc/mlops/router/router.json",
+        "--admin-token-file", "/etc/mlops/router-admin/token", "--name", "iris"]
     assert {"name": "router-config", "configMap": {"name": "iris-router-config"}} in router["volumes"]
     assert {"name": "router-config", "mountPath": "/etc/mlops/router", "readOnly": True} in \
         router["containers"][0]["volumeMounts"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
 import pytest
 
 from mlops_operator.api.experiment import Experiment
 from mlops_operator.api.inference_service import DriftStatus
-from mlops_operator.reconcile import experiment as exp_logic
 from mlops_operator.reconcile import retrain as logic
-from mlops_operator.reconcile.common import Settings
+from mlops_operator.reconcile.common import describe_validation_error
 
 DONE = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)  # a Monday
 
@@ -223,12 +223,14 @@ def test_the_child_manifest():
 
 
 @pytest.mark.parametrize("retrain, problem", [
-    ({"schedule": "61 * * * *"}, "spec.retrain.schedule: '61 * * * *' is not a valid cron expression"),
+    ({"schedule": "61 * * * *"}, "spec.retrain.schedule: is not a valid cron expression"),
     ({"onDrift": {"enabled": True}}, "spec.retrain.onDrift.service: name the InferenceService"),
 ])
-def test_spec_problems(retrain, problem):
-    problems = exp_logic.spec_problems(experiment(retrain), Settings())
-    assert len(problems) == 1 and problems[0].startswith(problem)
+def test_the_model_refuses_a_retrain_that_cannot_run(retrain, problem):
+    # The same rules are CEL rules of the CRD (tests/data/invalid/cron-*, retrain-on-drift-*).
+    with pytest.raises(pydantic.ValidationError) as caught:
+        experiment(retrain)
+    assert describe_validation_error(caught.value).startswith(problem)
 
 
 def test_max_retrains_per_day_is_bounded_by_the_api():

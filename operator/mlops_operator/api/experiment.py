@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from .common import (
     DEFAULT_RUNTIME_IMAGE,
+    DNS_LABEL_NAME,
+    MAX_ACTIVE_DEADLINE_SECONDS,
+    MAX_SEED,
+    CrossFieldRule,
     ApiModel,
     ArtifactLocation,
     DnsLabel,
+    ImageRef,
     Duration,
     FreeFormObject,
     FreeFormValue,
@@ -41,6 +48,14 @@ class SearchParameter(ApiModel):
             "oneOf": [{"required": ["values"]}, {"required": ["min", "max"]}],
         }
     }
+    cross_field_rules = (
+        CrossFieldRule("min", "must not be greater than max",
+                       "!has(self.min) || !has(self.max) || self.min <= self.max",
+                       lambda m: m.min is None or m.max is None or m.min <= m.max),
+        CrossFieldRule("min", "a logUniform range needs min > 0",
+                       "!has(self.distribution) || self.distribution != 'logUniform' || !has(self.min) || self.min > 0.0",
+                       lambda m: m.distribution != "logUniform" or m.min is None or m.min > 0),
+    )
 
     type: Literal["float", "int", "categorical"] | None = Field(
         default=None, description="float or int for a range (default float); categorical for values."
@@ -59,10 +74,6 @@ class SearchParameter(ApiModel):
         if self.values is None:
             if self.min is None or self.max is None:
                 raise ValueError("min: a range needs both min and max (or give values)")
-            if self.min > self.max:
-                raise ValueError(f"min: {self.min} is greater than max {self.max}")
-            if self.distribution == "logUniform" and self.min <= 0:
-                raise ValueError("min: a logUniform range needs min > 0")
         return self
 
     @property
@@ -83,18 +94,11 @@ class EarlyStopping(ApiModel):
 
 
 class Search(ApiModel):
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    # Unset, it follows maxTrials (see running_at_once): only a written value is checked.
-                    "rule": "!has(self.parallelism) || self.parallelism <= self.maxTrials",
-                    "message": "parallelism must not exceed maxTrials",
-                    "fieldPath": ".parallelism",
-                }
-            ]
-        }
-    }
+    cross_field_rules = (
+        CrossFieldRule("parallelism", "must not exceed maxTrials",
+                       "!has(self.parallelism) || !has(self.maxTrials) || self.parallelism <= self.maxTrials",
+                       lambda m: m.parallelism is None or m.parallelism <= m.max_trials),
+    )
 
     algorithm: Literal["grid", "random", "bayesian"] = "random"
     space: dict[str, SearchParameter] = Field(default_factory=dict, max_length=64)
@@ -104,7 +108,7 @@ class Search(ApiModel):
         description=f"Trials running at once; unset: {DEFAULT_PARALLELISM}, or maxTrials when that is smaller.",
     )
     max_failed_trials: int = Field(default=3, ge=0, le=10000)
-    seed: int = Field(default=0, ge=0, description="Makes random and bayesian proposals reproducible.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Makes random and bayesian proposals reproducible.")
     initial_random_trials: int = Field(
         default=10, ge=1, le=100,
         description="Bayesian search starts with this many random trials (optuna's default for TPE).",
@@ -122,16 +126,14 @@ class Search(ApiModel):
         maxTrials, so `search: {maxTrials: 1}` is valid as written."""
         return min(DEFAULT_PARALLELISM, self.max_trials) if self.parallelism is None else self.parallelism
 
-    @model_validator(mode="after")
-    def _parallelism_within_budget(self) -> Search:
-        if self.parallelism is not None and self.parallelism > self.max_trials:
-            raise ValueError(
-                f"parallelism: {self.parallelism} exceeds maxTrials {self.max_trials}"
-            )
-        return self
-
 
 class DriftRetrain(ApiModel):
+    cross_field_rules = (
+        CrossFieldRule("service", "name the InferenceService whose drift triggers a retrain",
+                       "!has(self.enabled) || !self.enabled || has(self.service)",
+                       lambda m: not m.enabled or m.service is not None),
+    )
+
     enabled: bool = False
     service: DnsLabel | None = Field(
         default=None, description="InferenceService whose drift gauges trigger a retrain."
@@ -150,13 +152,44 @@ class DriftRetrain(ApiModel):
     )
 
 
+def _cron_field(atom: str) -> str:
+    item = f"([*]|{atom}(-{atom})?)(/[1-9][0-9]*)?"
+    return f"{item}(,{item})*"
+
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "sun|mon|tue|wed|thu|fri|sat"
+# Five cron fields, each within its range, or a macro: the same regular expression for
+# pydantic and for the CRD's CEL rule (RE2 and Rust regex agree on it; no backslashes, so it
+# reads the same inside a CEL string).
+CRON_PATTERN = (
+    "^(@(hourly|daily|weekly|monthly|yearly)|"
+    + "[ ]+".join(_cron_field(atom) for atom in (
+        "[0-5]?[0-9]",
+        "([01]?[0-9]|2[0-3])",
+        "(0?[1-9]|[12][0-9]|3[01])",
+        f"(0?[1-9]|1[0-2]|{_MONTHS}|{_MONTHS.upper()})",
+        f"([0-7]|{_DAYS}|{_DAYS.upper()})",
+    ))
+    + ")$"
+)
+_CRON = re.compile(CRON_PATTERN)
+
+
 class Retrain(ApiModel):
     """Run the whole search again as a new Experiment `<exp>-r<N>` on a schedule, on drift,
     or both (docs/retrain.md)."""
 
+    cross_field_rules = (
+        CrossFieldRule("schedule", "is not a valid cron expression: five fields (minute hour day-of-month month "
+                       "day-of-week, UTC) or @hourly, @daily, @weekly, @monthly, @yearly",
+                       f"!has(self.schedule) || self.schedule.matches('{CRON_PATTERN}')",
+                       lambda m: m.schedule is None or _CRON.fullmatch(m.schedule) is not None),
+    )
+
     schedule: str | None = Field(
         default=None,
-        pattern=r"^(@(hourly|daily|weekly|monthly|yearly))$|^(\S+\s+){4}\S+$",
+        max_length=256,
         description="Cron schedule (5 fields, UTC) for a fresh run of the whole search.",
     )
     on_drift: DriftRetrain | None = None
@@ -187,10 +220,10 @@ class ExperimentSpec(ApiModel):
         default="registerBest",
         description="Register the best trial (default), every succeeded trial, or nothing.",
     )
-    image: str = DEFAULT_RUNTIME_IMAGE
+    image: ImageRef = DEFAULT_RUNTIME_IMAGE
     resources: ResourceRequirements | None = None
     artifacts: ArtifactLocation = Field(default_factory=ArtifactLocation)
-    active_deadline_seconds: int = Field(default=3600, ge=1)
+    active_deadline_seconds: int = Field(default=3600, ge=1, le=MAX_ACTIVE_DEADLINE_SECONDS)
     backoff_limit: int = Field(default=0, ge=0, le=10)
     onnx: bool = Field(default=True, description="Also export an ONNX form when it is exact.")
     retrain: Retrain | None = None
@@ -250,6 +283,7 @@ class ExperimentStatus(StatusModel):
 
 
 class Experiment(Kind):
+    cross_field_rules = (DNS_LABEL_NAME,)
     kind: ClassVar[str] = "Experiment"
     plural: ClassVar[str] = "experiments"
     singular: ClassVar[str] = "experiment"

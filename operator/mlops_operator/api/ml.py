@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .common import ApiModel, FreeFormObject, FreeFormValue, ImportPath, MetricName, StatusModel
+from .common import ApiModel, CrossFieldRule, FreeFormObject, FreeFormValue, ImportPath, MetricName, StatusModel
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits", "linnerud")
 DATASET_URI_PATTERN = r"^(sklearn://(" + "|".join(BUILTIN_DATASETS) + r")|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+)$"
@@ -25,17 +25,11 @@ class Dataset(ApiModel):
     """`sklearn://<name>` for the datasets that ship with scikit-learn, or
     `s3://bucket/key.csv|.parquet` with a `target` column."""
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!self.uri.startsWith('s3://') || has(self.target)",
-                    "message": "target is required for an s3:// dataset",
-                    "fieldPath": ".target",
-                }
-            ]
-        }
-    }
+    cross_field_rules = (
+        CrossFieldRule("target", "required for an s3:// dataset (name of the label column)",
+                       "!self.uri.startsWith('s3://') || has(self.target)",
+                       lambda m: not m.uri.startswith("s3://") or bool(m.target)),
+    )
 
     uri: str = Field(pattern=DATASET_URI_PATTERN, max_length=1024)
     target: str | None = Field(default=None, min_length=1, max_length=253)
@@ -43,12 +37,6 @@ class Dataset(ApiModel):
     format: Literal["csv", "parquet"] | None = Field(
         default=None, description="Inferred from the key's extension when omitted."
     )
-
-    @model_validator(mode="after")
-    def _s3_needs_target(self) -> Dataset:
-        if self.uri.startswith("s3://") and not self.target:
-            raise ValueError("target: required for an s3:// dataset (name of the label column)")
-        return self
 
 
 # A step's name prefixes its parameters in `params` and the search space (`scaler__with_mean`),

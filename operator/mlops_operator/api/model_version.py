@@ -7,7 +7,9 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from .common import (
+    DNS_LABEL_NAME,
     ApiModel,
+    CrossFieldRule,
     DnsLabel,
     FreeFormObject,
     ImportPath,
@@ -35,6 +37,16 @@ REASON_SPEC_IMMUTABLE = "SpecImmutable"
 
 
 class Artifact(ApiModel):
+    # The server loads an ONNX form only with its sha256, and serves onnx only from one.
+    cross_field_rules = (
+        CrossFieldRule("onnxSha256", "required with onnxUri (and only with it)",
+                       "has(self.onnxUri) == has(self.onnxSha256)",
+                       lambda m: (m.onnx_uri is None) == (m.onnx_sha256 is None)),
+        CrossFieldRule("onnxUri", "required when servingFormat is onnx",
+                       "!has(self.servingFormat) || self.servingFormat != 'onnx' || has(self.onnxUri)",
+                       lambda m: m.serving_format != "onnx" or m.onnx_uri is not None),
+    )
+
     uri: str = Field(pattern=r"^s3://", description="Prefix holding every artifact of the run.")
     model_uri: str = Field(pattern=r"^s3://.+\.skops$")
     sha256: str = Field(pattern=SHA256_PATTERN)
@@ -89,6 +101,7 @@ class ModelVersionStatus(StatusModel):
 
 
 class ModelVersion(Kind):
+    cross_field_rules = (DNS_LABEL_NAME,)
     kind: ClassVar[str] = "ModelVersion"
     plural: ClassVar[str] = "modelversions"
     singular: ClassVar[str] = "modelversion"

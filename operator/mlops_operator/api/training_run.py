@@ -8,9 +8,13 @@ from pydantic import Field
 
 from .common import (
     DEFAULT_RUNTIME_IMAGE,
+    DNS_LABEL_NAME,
+    MAX_ACTIVE_DEADLINE_SECONDS,
+    MAX_SEED,
     ApiModel,
     ArtifactLocation,
     DnsLabel,
+    ImageRef,
     FreeFormObject,
     ImportPath,
     Kind,
@@ -46,12 +50,12 @@ class TrainingRunSpec(ApiModel):
     objective: Objective | None = Field(
         default=None, description="Objective the value in status.objectiveValue is read from."
     )
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     cross_validation: CrossValidation | None = None
-    image: str = DEFAULT_RUNTIME_IMAGE
+    image: ImageRef = DEFAULT_RUNTIME_IMAGE
     resources: ResourceRequirements | None = None
     artifacts: ArtifactLocation = Field(default_factory=ArtifactLocation)
-    active_deadline_seconds: int = Field(default=3600, ge=1)
+    active_deadline_seconds: int = Field(default=3600, ge=1, le=MAX_ACTIVE_DEADLINE_SECONDS)
     backoff_limit: int = Field(default=0, ge=0, le=10)
     ttl_seconds_after_finished: int | None = Field(default=3600, ge=0)
     onnx: bool = True
@@ -90,6 +94,7 @@ class TrainingRunStatus(StatusModel):
 
 
 class TrainingRun(Kind):
+    cross_field_rules = (DNS_LABEL_NAME,)
     kind: ClassVar[str] = "TrainingRun"
     plural: ClassVar[str] = "trainingruns"
     singular: ClassVar[str] = "trainingrun"

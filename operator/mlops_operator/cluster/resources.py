@@ -80,6 +80,7 @@ for _resource in (
     Resource("v1", "Service", "services", has_status_subresource=True, dns_label_name=True),
     Resource("v1", "ConfigMap", "configmaps"),
     Resource("v1", "Secret", "secrets"),
+    Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Resource("v1", "Pod", "pods", has_status_subresource=True),
     Resource("v1", "Event", "events"),
     Resource("v1", "ServiceAccount", "serviceaccounts"),

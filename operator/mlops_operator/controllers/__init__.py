@@ -21,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 from .. import metrics
 from ..cluster.apply import apply_plan
 from ..cluster.port import Cluster, Conflict, Obj
-from ..reconcile.common import DEFAULT_ALLOWED_ESTIMATORS, Settings, describe_validation_error, invalid_spec_plan
+from ..reconcile.common import (
+    DEFAULT_ALLOWED_ESTIMATORS,
+    DEFAULT_ALLOWED_IMAGES,
+    DEFAULT_OPERATOR_NAMESPACE,
+    DEFAULT_PROMETHEUS_NAMESPACE,
+    Settings,
+    describe_validation_error,
+    invalid_spec_plan,
+)
 from ..reconcile.plan import Plan
 
 # A sync whose status write lost a race (Conflict even after apply_plan's own retry) starts
@@ -33,14 +41,25 @@ K = TypeVar("K", bound=BaseModel)
 
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
     """The operator's environment: AWS_ENDPOINT_URL (default S3 endpoint of trainer pods),
-    MLOPS_ALLOWED_ESTIMATORS (comma-separated import paths or package prefixes ending in '.')."""
+    MLOPS_ALLOWED_ESTIMATORS (comma-separated import paths or package prefixes ending in '.'),
+    MLOPS_ALLOWED_IMAGES (comma-separated images, repositories, or registry paths ending in '/'),
+    MLOPS_PROMETHEUS_NAMESPACE (may scrape the model servers and routers), POD_NAMESPACE (the
+    operator's own, from the downward API)."""
     env = os.environ if environ is None else environ
-    allowed = tuple(p.strip() for p in env.get("MLOPS_ALLOWED_ESTIMATORS", "").split(",") if p.strip())
+    allowed = _comma_list(env.get("MLOPS_ALLOWED_ESTIMATORS", ""))
+    images = _comma_list(env.get("MLOPS_ALLOWED_IMAGES", ""))
     return Settings(
         s3_endpoint=env.get("AWS_ENDPOINT_URL") or None,
         code_version=code_version(),
         allowed_estimators=allowed or DEFAULT_ALLOWED_ESTIMATORS,
+        allowed_images=images or DEFAULT_ALLOWED_IMAGES,
+        prometheus_namespace=env.get("MLOPS_PROMETHEUS_NAMESPACE") or DEFAULT_PROMETHEUS_NAMESPACE,
+        operator_namespace=env.get("POD_NAMESPACE") or DEFAULT_OPERATOR_NAMESPACE,
     )
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 _CODE_VERSION: str | None = None

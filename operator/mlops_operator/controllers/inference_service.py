@@ -15,6 +15,7 @@ counters) has no drift gauges to offer.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from datetime import datetime
 from typing import Any, Protocol
@@ -79,8 +80,26 @@ def _pod_urls(cluster: Cluster, namespace: str, service: str, role: str, port: i
     return tuple(sorted(urls))
 
 
+def observe_router_admin_token(cluster: Cluster, isvc: InferenceService) -> tuple[str, bool]:
+    """(token, whether its Secret exists): the token in the router's admin Secret, or a new
+    random one while there is none (the plan then creates the Secret with it)."""
+    name = logic.router_admin_secret_name(isvc.metadata.name)
+    try:
+        token = logic.token_of_router_admin_secret(cluster.get("v1", "Secret", logic.namespace_of(isvc), name))
+    except NotFound:
+        token = None
+    return (token, True) if token else (secrets.token_urlsafe(32), False)
+
+
+def observe_network_policies(cluster: Cluster, isvc: InferenceService) -> dict[str, Any]:
+    """name -> spec of the NetworkPolicies labelled as this service's (one list call)."""
+    found = cluster.list("networking.k8s.io/v1", "NetworkPolicy", logic.namespace_of(isvc),
+                         {logic.SERVICE_LABEL: isvc.metadata.name})
+    return {p["metadata"]["name"]: p.get("spec") for p in found}
+
+
 def analysis_target(cluster: Cluster, isvc: InferenceService, status: InferenceServiceStatus,
-                    use_pod_ips: bool) -> AnalysisTarget:
+                    use_pod_ips: bool, router_token: str | None = None) -> AnalysisTarget:
     namespace, name = logic.namespace_of(isvc), isvc.metadata.name
 
     def urls(role: str) -> tuple[str, ...]:
@@ -101,6 +120,7 @@ def analysis_target(cluster: Cluster, isvc: InferenceService, status: InferenceS
         challenger_urls=urls(logic.CHALLENGER),
         prometheus_url=isvc.spec.rollout.analysis.prometheus_url,
         port=logic.PORT,
+        router_token=router_token,
     )
 
 
@@ -163,9 +183,10 @@ def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: dat
     metrics_snapshot: CounterSnapshot | None = None
     metrics_error: str | None = None
     routers_in_sync: bool | None = None
+    router_token, router_secret_exists = observe_router_admin_token(cluster, isvc)
     wants_metrics = sm.wants_metrics(status, isvc.spec.rollout, now)
     if wants_metrics or status.rollout_stage == "Finalizing":
-        target = analysis_target(cluster, isvc, status, bool(getattr(reader, "use_pod_ips", False)))
+        target = analysis_target(cluster, isvc, status, bool(getattr(reader, "use_pod_ips", False)), router_token)
         if wants_metrics:
             try:
                 metrics_snapshot = reader.read(target, sm.timestamp(now))
@@ -187,6 +208,9 @@ def observe_inference_service(cluster: Cluster, isvc: InferenceService, now: dat
         routers_in_sync=routers_in_sync,
         settings=settings,
         drift=observe_drift(cluster, isvc, status, now, reader, drift_attempts or DRIFT_ATTEMPTS),
+        router_admin_token=router_token,
+        router_admin_secret_exists=router_secret_exists,
+        network_policies=observe_network_policies(cluster, isvc),
     )
 
 
@@ -221,7 +245,7 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, *, metrics_reader: Reader | 
         return Plan(status={})
 
     def step(current: Obj):
-        isvc = parse(InferenceService, current)
+        isvc = parse(InferenceService, current, lambda i: logic.spec_problems(i, settings))
         observed = observe_inference_service(cluster, isvc, now, reader, settings, drift_attempts)
         return logic.reconcile(isvc, observed, now), None
 

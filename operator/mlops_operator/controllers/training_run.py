@@ -8,7 +8,7 @@ from .. import metrics
 from ..api.training_run import TrainingRun
 from ..cluster.port import Cluster, NotFound, Obj
 from ..reconcile import training_run as logic
-from ..reconcile.common import Settings, estimator_problem
+from ..reconcile.common import Settings, estimator_problem, image_problem
 from ..reconcile.plan import Plan
 from . import meta_of, parse, run_sync, settings_from_env, status_phase
 from .registry import versions_of_model
@@ -39,8 +39,9 @@ def sync(cluster: Cluster, obj: Obj, now: datetime, settings: Settings | None = 
     settings = settings or settings_from_env()
 
     def checks(run: TrainingRun) -> list[str]:
-        problem = estimator_problem(run.spec.estimator, settings.allowed_estimators)
-        return [problem] if problem else []
+        problems = (estimator_problem(run.spec.estimator, settings.allowed_estimators),
+                    image_problem(run.spec.image, settings.allowed_images))
+        return [problem for problem in problems if problem]
 
     def step(current: Obj):
         run = parse(TrainingRun, current, checks)

@@ -38,6 +38,11 @@ TRIAL_INDEX_LABEL = f"{GROUP_PREFIX}trial-index"
 # The runtime image's non-root user (distroless "nonroot").
 NON_ROOT_UID = 65532
 DEFAULT_ALLOWED_ESTIMATORS = ("sklearn.",)
+# The project's runtime image, any tag or digest, by its short and its registry name (kind
+# loads it under the short one). A cluster that publishes elsewhere lists its registry path.
+DEFAULT_ALLOWED_IMAGES = ("mlops-runtime", "docker.io/library/mlops-runtime")
+DEFAULT_PROMETHEUS_NAMESPACE = "monitoring"
+DEFAULT_OPERATOR_NAMESPACE = "mlops-system"
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,12 @@ class Settings:
     s3_endpoint: str | None = None
     code_version: str = "0.1.0"
     allowed_estimators: tuple[str, ...] = DEFAULT_ALLOWED_ESTIMATORS
+    allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
+    # Who may reach the data plane besides its own router: the namespace of the Prometheus
+    # that scrapes /metrics, and the operator's (it reads the pods' metrics and the routers'
+    # config for canary analysis).
+    prometheus_namespace: str = DEFAULT_PROMETHEUS_NAMESPACE
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
 
 
 def child_labels(owner_kind: str, owner_name: str, component: str, model: str | None = None) -> dict[str, str]:
@@ -86,6 +97,26 @@ def restricted_container_security_context() -> dict[str, Any]:
     }
 
 
+def image_allowed(image: str, entry: str) -> bool:
+    """Whether `image` matches one allow-list entry: `registry/path/` (ending in '/') allows
+    every image under that path; `repository` allows any tag or digest of it; `repo:tag` or
+    `repo@sha256:...` exactly that image."""
+    if entry.endswith("/"):
+        return image.startswith(entry) and ".." not in image
+    if ":" in entry.rsplit("/", 1)[-1] or "@" in entry:
+        return image == entry
+    return image.startswith((entry + ":", entry + "@"))
+
+
+def image_problem(image: str, allowed: tuple[str, ...]) -> str | None:
+    """Why `image` may not run with the namespace's S3 credentials (None: it may). Checked
+    before any Job or Deployment exists, so a refused image never gets a Pod."""
+    if any(image_allowed(image, entry) for entry in allowed):
+        return None
+    return (f"spec.image: {image!r} is not in the operator's image allow-list ({', '.join(allowed)}); "
+            "ask the operator's administrator to extend MLOPS_ALLOWED_IMAGES")
+
+
 def estimator_problem(estimator: str, allowed: tuple[str, ...], field: str = "spec.estimator") -> str | None:
     """Why `estimator` may not run (None: it may). An allowed entry ending in '.' is a
     prefix (a package), otherwise an exact import path."""
@@ -94,13 +125,21 @@ def estimator_problem(estimator: str, allowed: tuple[str, ...], field: str = "sp
     return f"{field}: {estimator!r} is not in the operator's allow-list ({', '.join(allowed)})"
 
 
+# A model-level rule's message starts with the field it names ("parallelism: must not ...").
+_FIELD_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.*)$", re.DOTALL)
+
+
 def describe_validation_error(error: ValidationError, root: str = "") -> str:
-    """'spec.search.parallelism: 5 exceeds maxTrials 2; ...': each problem with its field."""
+    """'spec.search.parallelism: must not exceed maxTrials; ...': each problem with its field
+    (a cross-field rule's field joins the path of the model it belongs to)."""
     parts = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"])
         where = f"{root}.{loc}" if root and loc else (loc or root)
         message = str(item["msg"]).removeprefix("Value error, ")
+        named = _FIELD_PREFIX.match(message)
+        if named and ";" not in message:
+            where, message = (f"{where}.{named[1]}" if where else named[1]), named[2]
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 

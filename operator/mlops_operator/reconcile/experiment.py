@@ -51,6 +51,7 @@ from .common import (
     child_labels,
     clear_stalled,
     estimator_problem,
+    image_problem,
     with_conditions,
 )
 from .plan import Event, Plan
@@ -141,6 +142,9 @@ def spec_problems(exp: Experiment, settings: Settings) -> list[str]:
         step_problem = estimator_problem(step.estimator, settings.allowed_estimators, f"spec.steps[{i}].estimator")
         if step_problem:
             problems.append(step_problem)
+    image = image_problem(exp.spec.image, settings.allowed_images)
+    if image:
+        problems.append(image)
     metrics = exp.spec.metrics
     objective = exp.spec.objective.metric
     # A cross-validated objective (cv_accuracy_mean) comes from its metric (accuracy).

@@ -8,7 +8,11 @@ Pure: `reconcile(isvc, observed, now) -> Plan`. The children:
 - `<svc>-router` Deployment: the router, reading its weights from
 - `<svc>-router-config` ConfigMap (key `router.json`, mounted at /etc/mlops/router; the
   router re-reads the file when it changes, so weight changes restart nothing);
-- `<svc>` Service: the stable entry point, selecting the router.
+- `<svc>-router-admin` Secret: the token the router's `/admin/config` asks for (mounted as a
+  file; the operator reads the router's config with it; it never changes once made);
+- `<svc>` Service: the stable entry point, selecting the router;
+- `<svc>-servers` and `<svc>-router` NetworkPolicies: only the router (and the Prometheus and
+  operator namespaces) reach the model servers; the router accepts only its Service's port.
 
 The rollout's decisions live in `rollout.state_machine`; this module resolves the versions,
 feeds the state machine and turns its state into children, status, conditions and Events.
@@ -16,6 +20,7 @@ feeds the state machine and turns its state into children, status, conditions an
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +67,7 @@ from .common import (
     GROUP_PREFIX,
     Settings,
     child_labels,
+    image_problem,
     restricted_container_security_context,
     restricted_pod_security_context,
     spec_hash,
@@ -77,6 +83,9 @@ SERVICE_LABEL = f"{GROUP_PREFIX}inferenceservice"
 ROUTER_CONFIG_DIR = "/etc/mlops/router"
 ROUTER_CONFIG_KEY = "router.json"
 ROUTER_CONFIG_FILE = f"{ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}"
+ROUTER_ADMIN_DIR = "/etc/mlops/router-admin"
+ROUTER_ADMIN_KEY = "token"
+ROUTER_ADMIN_TOKEN_FILE = f"{ROUTER_ADMIN_DIR}/{ROUTER_ADMIN_KEY}"
 SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
 # Stable phases look again this often so that a policy can pick up new ModelVersions even
 # when nothing else triggers a reconcile.
@@ -113,6 +122,12 @@ class Observed:
     routers_in_sync: bool | None = None
     settings: Settings = field(default_factory=Settings)
     drift: DriftStatus | None = None  # a fresh reading of the champion's drift gauges, if one was made
+    # The router's admin token: the one in its Secret, or a fresh random one the wiring made
+    # because the Secret does not exist yet (the reconciler itself draws no randomness).
+    router_admin_token: str | None = None
+    router_admin_secret_exists: bool = False
+    # The service's NetworkPolicies as they are: name -> spec (None: not observed, apply all).
+    network_policies: dict[str, Any] | None = None
 
 
 def rollout_pending(deployment: dict[str, Any]) -> str | None:
@@ -173,12 +188,23 @@ def router_config_name(svc: str) -> str:
     return child_name(svc, "router-config")
 
 
+def router_admin_secret_name(svc: str) -> str:
+    return child_name(svc, "router-admin")
+
+
 def service_url(service: str, namespace: str) -> str:
     return f"http://{service}.{namespace}.svc:{PORT}"
 
 
 def namespace_of(isvc: InferenceService) -> str:
     return isvc.metadata.namespace or "default"
+
+
+def spec_problems(isvc: InferenceService, settings: Settings) -> list[str]:
+    """What the CRD cannot judge: an image outside the operator's allow-list (it would run
+    with the namespace's S3 credentials)."""
+    problem = image_problem(isvc.spec.image, settings.allowed_images)
+    return [problem] if problem else []
 
 
 # ---------------------------------------------------------------- version resolution
@@ -350,20 +376,51 @@ def desired_server_deployment(isvc: InferenceService, mv: ModelVersion, role: st
 
 
 def router_args(isvc: InferenceService) -> list[str]:
-    namespace = namespace_of(isvc)
+    """The router's command line. The two variants' Services are the only upstreams it will
+    accept from its config file; the admin token comes from the mounted Secret. No admin
+    port: the router's config changes only through the ConfigMap (docs/security.md)."""
+    namespace, name = namespace_of(isvc), isvc.metadata.name
     return ["mlops_runtime.router", "--port", str(PORT),
-            "--champion", service_url(champion_name(isvc.metadata.name), namespace),
-            "--config-file", ROUTER_CONFIG_FILE, "--name", isvc.metadata.name]
+            "--champion", service_url(champion_name(name), namespace),
+            "--upstream", service_url(challenger_name(name), namespace),
+            "--config-file", ROUTER_CONFIG_FILE, "--admin-token-file", ROUTER_ADMIN_TOKEN_FILE, "--name", name]
 
 
 def desired_router_deployment(isvc: InferenceService) -> dict[str, Any]:
     """The router. Its weights come from the mounted ConfigMap, not from its arguments, so
     that a weight change rewrites a file instead of rolling the router's pods."""
-    mount = {"name": "router-config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True}
-    container = _container(isvc, router_args(isvc), [], [mount])
-    volume = {"name": "router-config", "configMap": {"name": router_config_name(isvc.metadata.name)}}
+    mounts = [{"name": "router-config", "mountPath": ROUTER_CONFIG_DIR, "readOnly": True},
+              {"name": "router-admin", "mountPath": ROUTER_ADMIN_DIR, "readOnly": True}]
+    container = _container(isvc, router_args(isvc), [], mounts)
+    volumes = [{"name": "router-config", "configMap": {"name": router_config_name(isvc.metadata.name)}},
+               {"name": "router-admin", "secret": {"secretName": router_admin_secret_name(isvc.metadata.name),
+                                                   "defaultMode": 0o440}}]
     return _deployment(isvc, router_name(isvc.metadata.name), ROUTER, isvc.spec.router_replicas,
-                       _pod_spec(container, [volume]))
+                       _pod_spec(container, volumes))
+
+
+def desired_router_admin_secret(isvc: InferenceService, token: str) -> dict[str, Any]:
+    """The router's admin token, with the random value the wiring drew; in the plan only while
+    the Secret does not exist, so the token is stable (a deleted Secret is made anew)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": router_admin_secret_name(isvc.metadata.name), "namespace": namespace_of(isvc),
+                     "labels": _labels(isvc, ROUTER)},
+        "type": "Opaque",
+        "data": {ROUTER_ADMIN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def token_of_router_admin_secret(secret: dict[str, Any] | None) -> str | None:
+    """The token in an observed router admin Secret, or None."""
+    encoded = ((secret or {}).get("data") or {}).get(ROUTER_ADMIN_KEY)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded).decode() or None
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def router_config(isvc: InferenceService, split: TrafficSplit, challenger_routed: bool) -> dict[str, Any]:
@@ -398,6 +455,54 @@ def desired_service(isvc: InferenceService, name: str, role: str, service_type: 
             "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "mlops-operator"}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _network_policy(isvc: InferenceService, name: str, pods: dict[str, Any],
+                    ingress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace_of(isvc), "labels": _labels(isvc, ROUTER)},
+        "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+def _from_namespace(namespace: str, pods: dict[str, str] | None = None) -> dict[str, Any]:
+    peer: dict[str, Any] = {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+    if pods:
+        peer["podSelector"] = {"matchLabels": dict(pods)}
+    return peer
+
+
+def desired_network_policies(isvc: InferenceService, settings: Settings) -> list[dict[str, Any]]:
+    """The model servers take traffic from their router only (and /metrics scrapes, and the
+    operator's reads, which share the port); the router takes traffic on its Service's port
+    only, from wherever the Service is exposed to. docs/security.md, "NetworkPolicies"."""
+    name = isvc.metadata.name
+    port = [{"protocol": "TCP", "port": PORT}]
+    servers = {"matchLabels": {SERVICE_LABEL: name},
+               "matchExpressions": [{"key": ROLE_LABEL, "operator": "In", "values": [CHAMPION, CHALLENGER]}]}
+    router_pods = {"podSelector": {"matchLabels": _selector(isvc, ROUTER)}}
+    observers = [_from_namespace(settings.prometheus_namespace),
+                 _from_namespace(settings.operator_namespace, OPERATOR_POD_LABELS)]
+    return [
+        _network_policy(isvc, child_name(name, "servers"), servers,
+                        [{"from": [router_pods, *observers], "ports": port}]),
+        _network_policy(isvc, child_name(name, ROUTER), {"matchLabels": _selector(isvc, ROUTER)},
+                        [{"ports": port}]),
+    ]
+
+
+def network_policies_to_apply(desired: list[dict[str, Any]], observed: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The desired policies that are missing or differ from what is there: the policies
+    rarely change, and re-applying unchanged ones costs two API calls each per reconcile."""
+    if observed is None:
+        return desired
+    return [p for p in desired if observed.get(p["metadata"]["name"]) != p["spec"]]
 
 
 def desired_stable_service(isvc: InferenceService) -> dict[str, Any]:
@@ -589,8 +694,13 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
             children.append(desired_service(isvc, challenger_name(name), CHALLENGER))
         else:
             deletions += [("apps/v1", "Deployment", challenger_name(name)), ("v1", "Service", challenger_name(name))]
+        if observed.router_admin_token and not observed.router_admin_secret_exists:
+            # Written once: the token never changes, so there is nothing to re-apply.
+            children.append(desired_router_admin_secret(isvc, observed.router_admin_token))
         children += [desired_router_config_map(isvc, config), desired_router_deployment(isvc),
-                     desired_stable_service(isvc)]
+                     desired_stable_service(isvc),
+                     *network_policies_to_apply(desired_network_policies(isvc, observed.settings),
+                                                observed.network_policies)]
 
     # 5. Status and conditions.
     phase = phase_of(status, spec.rollout.paused, champion_rejected)
