@@ -114,7 +114,7 @@ def test_a_search_of_one_trial_is_accepted_and_starts_one_trial():
 
 
 def test_a_written_parallelism_above_max_trials_is_still_refused_naming_it():
-    with pytest.raises(ValueError, match="parallelism: 3 exceeds maxTrials 2"):
+    with pytest.raises(ValueError, match="parallelism: must not exceed maxTrials"):
         Search(max_trials=2, parallelism=3)
 
 
