@@ -120,7 +120,7 @@ def test_a_local_model_whose_sha256_differs_is_refused(local_model, tmp_path, sc
             time.sleep(0.1)
             status, body = server.ready_state()
         # Refused for that reason, and never ready: the model was not loaded.
-        assert status == 503 and body["ready"] is False and wrong in body["reason"]
+        assert status == 400 and body["ready"] is False and wrong in body["reason"]
 
 
 @pytest.mark.parametrize("scheme", ["", "file://"])

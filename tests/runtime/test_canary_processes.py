@@ -230,10 +230,17 @@ class LocalKubelet:
             return
         wanted = json.loads(self.config_text)
 
+        token_file = self.admin_dir / logic.ROUTER_ADMIN_KEY
+
         def serves_it() -> bool:
+            # Reading the config takes the admin token the operator put in its Secret.
+            headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
             try:
-                view = httpx.get(router[1].url + "/admin/config", timeout=5).json()
+                answer = httpx.get(router[1].url + "/admin/config", headers=headers, timeout=5)
+                view = answer.json()
             except (httpx.HTTPError, ValueError):
+                return False
+            if answer.status_code != 200:
                 return False
             challenger = (wanted.get("challenger") or "").rstrip("/") or None
             return (view["champion"] == wanted["champion"].rstrip("/") and view["challenger"] == challenger
