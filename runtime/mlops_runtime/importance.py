@@ -35,7 +35,7 @@ REPORT_NAME = "importance.json"
 DEFAULT_REPEATS = 5
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_TOP_K = 5
-DEFAULT_ROW_BUDGET = 4.0
+DEFAULT_ROW_BUDGET = 2.5
 # Fewer held-out rows than this make permutation importance noise; the budget never goes below.
 MIN_ROWS = 50
 # Rows per predict call: the stacked copies are cut into batches of about this many rows.

@@ -127,7 +127,7 @@ def test_a_training_run_writes_importance_and_slices(s3, bucket):
               "estimator": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 30},
               "metrics": ["accuracy", "f1_macro"], "seed": 3, "output": output, "onnx": False,
               "validation": {"slices": [{"feature": "sex"}, {"feature": "age", "edges": [30, 50], "metric": "f1_macro"}],
-                             "importance": {"repeats": 2, "topK": 3}}}
+                             "importance": {"repeats": 2, "topK": 3, "rowBudget": 4}}}
     code, summary = train.execute(None, {**s3.env, train.CONFIG_ENV: json.dumps(config)})
     assert code == 0, summary
     importance = json.loads(store.get_bytes(output + "importance.json"))

@@ -225,7 +225,7 @@ class Importance(ApiModel):
     max_rows: int = Field(default=1000, ge=10, le=100000, description="Held-out rows used, a seeded subsample.")
     top_k: int = Field(default=5, ge=1, le=50, description="How many top features the status lists.")
     row_budget: float = Field(
-        default=4.0, ge=0.1, le=1e6, description="Bound on the cost: features x rows x repeats predicted stay "
+        default=2.5, ge=0.1, le=1e6, description="Bound on the cost: features x rows x repeats predicted stay "
         "within this many times the training rows (fewer repeats, then rows, past it).",
     )
     stability: ImportanceStability | None = Field(default=None, description="Off unless set.")
