@@ -1,4 +1,4 @@
-"""Mutation testing of the pure reconcilers and the artifact store, bounded in time.
+"""Mutation testing of the decision logic and the artifact code, bounded in time.
 
     .venv/bin/python tests/mutation/run.py [--sample 100] [--store-sample 15] [--seed 15]
                                            [--workdir /tmp/mlops-mutation]
@@ -6,16 +6,14 @@
 
 cosmic-ray (the `dev` extra) mutates files in place, so this works on a copy of the
 checkout (the files git knows, as they are in the working tree) in WORKDIR, never on the
-tree itself, with PYTHONPATH pointing at the copy. Every mutant of
-`operator/mlops_operator/reconcile/` and `runtime/mlops_runtime/store.py` is generated; a
-seeded random sample of them is run (a full run takes hours on one core), each against the
+tree itself, with PYTHONPATH pointing at the copy. Every mutant of the modules in MODULES
+is generated; a seeded random sample of them is run (a full run takes hours on one core), each against the
 tests that cover the mutated module (the map below: the first failing test kills it).
 Mutants inside type annotations are equivalent here (never evaluated) and not run.
 Survivors are printed with their diff and written to WORKDIR/survivors.txt; the score is
 killed / (killed + survived).
 
-Scope: rollout/, search/, and the runtime's drift and model_io were being rewritten when
-this was written (issue #15); add them to MODULES and TESTS once they have settled.
+Scope: reconcile/, rollout/, search/, and the runtime's drift, model_io and store modules.
 """
 
 from __future__ import annotations
@@ -32,7 +30,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["operator/mlops_operator/reconcile", "runtime/mlops_runtime/store.py"]
+MODULES = ["operator/mlops_operator/reconcile", "operator/mlops_operator/rollout", "operator/mlops_operator/search",
+           "runtime/mlops_runtime/drift.py", "runtime/mlops_runtime/model_io.py", "runtime/mlops_runtime/store.py"]
 EVERY_RECONCILER = [
     "tests/unit/test_reconcile_experiment.py", "tests/unit/test_experiment_lifecycle.py",
     "tests/unit/test_reconcile_training_run.py", "tests/unit/test_reconcile_model_version.py",
@@ -59,9 +58,22 @@ TESTS = {
     "operator/mlops_operator/reconcile/retrain.py": ["tests/unit/test_retrain.py", "tests/unit/test_retrain_loop.py"],
     "operator/mlops_operator/reconcile/drift.py": [
         EDGES, "tests/unit/test_drift_status.py", "tests/unit/test_reconcile_inference_service.py"],
-    "operator/mlops_operator/reconcile/common.py": EVERY_RECONCILER,
+    "operator/mlops_operator/reconcile/common.py": ["tests/unit/test_surviving_mutants.py", *EVERY_RECONCILER],
     "operator/mlops_operator/reconcile/plan.py": EVERY_RECONCILER,
     "runtime/mlops_runtime/store.py": [EDGES, "tests/runtime/test_store.py", "tests/runtime/test_store_seaweed.py"],
+    "operator/mlops_operator/rollout/statistics.py": [
+        "tests/unit/test_decision_boundaries.py", "tests/unit/test_rollout_statistics.py"],
+    "operator/mlops_operator/rollout/analysis.py": [
+        "tests/unit/test_decision_boundaries.py", "tests/unit/test_rollout_statistics.py",
+        "tests/unit/test_rollout_state_machine.py"],
+    "operator/mlops_operator/rollout/state_machine.py": [
+        "tests/unit/test_rollout_state_machine.py", "tests/unit/test_rollout_readiness.py",
+        "tests/unit/test_inference_service_memory.py"],
+    **{f"operator/mlops_operator/search/{name}.py": ["tests/unit/test_search.py", "tests/unit/test_search_objectives.py"]
+       for name in ("__init__", "bayesian", "grid", "pareto", "random_search", "space")},
+    "runtime/mlops_runtime/drift.py": ["tests/unit/test_decision_boundaries.py", "tests/unit/test_surviving_mutants.py",
+                                       "tests/runtime/test_drift.py"],
+    "runtime/mlops_runtime/model_io.py": ["tests/runtime/test_artifact_checks.py", "tests/runtime/test_store.py"],
 }
 STORE = "runtime/mlops_runtime/store.py"
 PRISTINE = ".pristine"
@@ -203,7 +215,7 @@ def report(session: Path, workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, default=100, help="reconcile/ mutants to run (seeded sample)")
+    parser.add_argument("--sample", type=int, default=100, help="mutants to run outside store.py (seeded sample)")
     parser.add_argument("--store-sample", type=int, default=15, help="store.py mutants to run (each needs S3)")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mlops-mutation"))
