@@ -14,6 +14,14 @@ from mlops_operator.local.proxy import free_port
 from mlops_operator.local.traffic import Traffic, iris_rows, main
 
 
+def answer_json(handler: BaseHTTPRequestHandler, body: object) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeService(BaseHTTPRequestHandler):
     """Answers /predict as the router does (version iris-v1, then iris-v2 after a switch)
     and accepts /feedback."""
@@ -28,11 +36,7 @@ class FakeService(BaseHTTPRequestHandler):
         else:
             FakeService.feedback.append(body)
             answer = {"request_id": body["request_id"], "outcomes": ["correct"]}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        answer_json(self, answer)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -97,11 +101,7 @@ def test_the_status_watch_keeps_each_change_and_rides_out_an_instance_that_is_do
             body = {"settled": False} if self.path == "/status" else {"items": [
                 {"metadata": {"name": "other"}, "status": {"phase": "Stable"}},
                 {"metadata": {"name": "iris"}, "status": statuses[-1]}]}
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            answer_json(self, body)
 
         def log_message(self, *args: object) -> None:
             pass

