@@ -107,7 +107,7 @@ def test_iris_to_champion_then_a_promoted_and_a_rolled_back_canary(tmp_path: Pat
         assert applied.returncode == 0, applied.stderr
         rolled_back = mlops(tmp_path, "up", "--exit-when-settled", "--timeout", "300")
         assert rolled_back.returncode == 0, rolled_back.stdout + rolled_back.stderr  # a rollback is no failure
-        assert "iris-v3 ROLLED BACK" in rolled_back.stdout
+        assert "iris-v3 ROLLED BACK" in rolled_back.stdout, rolled_back.stdout
         final = isvc(tmp_path)["status"]
         assert (final["phase"], final["champion"]) == ("RolledBack", "iris-v2")
         assert "iris-v3" in final["rolledBackVersions"]

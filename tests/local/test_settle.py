@@ -88,3 +88,31 @@ def test_a_refused_spec_is_settled_and_failed_until_it_changes() -> None:
     fixed = obj("Experiment", "badest", "Running", generation=2, observed=2)
     fixed["status"]["conditions"] = [{**stalled, "status": "False", "observedGeneration": 2}]
     assert not assess([fixed], []).settled and assess([fixed], []).failed == []
+
+
+def _version(version: int, phase: str = "Validated") -> dict[str, Any]:
+    prefix = f"s3://mlops/default/iris/iris-t{version:03d}/"
+    return {"apiVersion": "mlops.seed.io/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": f"iris-v{version}", "namespace": "default", "generation": 1},
+            "spec": {"model": "iris", "version": version, "metrics": {"accuracy": 0.9},
+                     "artifact": {"uri": prefix, "modelUri": prefix + "model.skops", "sha256": "0" * 64}},
+            "status": {"phase": phase, "observedGeneration": 1}}
+
+
+def _promoted_service(rolled_back: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "mlops.seed.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "iris", "namespace": "default", "generation": 1},
+            "spec": {"model": "iris", "champion": {"policy": "bestValidated"},
+                     "challenger": {"policy": "latestValidated"}},
+            "status": {"phase": "Promoted", "observedGeneration": 1, "champion": "iris-v2",
+                       "rolledBackVersions": rolled_back}}
+
+
+def test_a_settled_looking_service_waits_while_a_rollout_of_a_newer_validated_version_is_due() -> None:
+    # The operator has not yet seen iris-v3 turn Validated: the service still reads Promoted.
+    pending = assess([_promoted_service([]), _version(1), _version(2), _version(3)], [])
+    assert not pending.settled
+    assert pending.waiting == ["InferenceService default/iris (Promoted; a rollout of iris-v3 is due)"]
+    # Not due: iris-v3 was rejected, or rolled back already.
+    assert assess([_promoted_service([]), _version(2), _version(3, phase="Rejected")], []).settled
+    assert assess([_promoted_service(["iris-v3"]), _version(2), _version(3)], []).settled

@@ -5,7 +5,9 @@ ModelVersion Validated or Rejected, every InferenceService Stable, Promoted, Rol
 Failed; every status current (its observedGeneration is the object's generation, where the
 status carries one); every Deployment rolled out and ready, every Job finished.
 
-Deployments of a Failed InferenceService are not waited for.
+Deployments of a Failed InferenceService are not waited for. An InferenceService whose
+status reads settled while a Validated version its spec.challenger designates waits for its
+rollout to start: the operator may not have seen that version yet.
 
 Failed: an object the operator refused (Stalled, reason InvalidSpec: nothing will happen until
 its spec changes, so it is settled too), an Experiment or InferenceService in phase Failed, a TrainingRun that failed on its
@@ -21,7 +23,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from mlops_operator.api import InferenceService, ModelVersion
 from mlops_operator.local.executor import MAX_REPLICAS
+from mlops_operator.reconcile.inference_service import rollout_due
 
 Obj = Mapping[str, Any]
 TERMINAL_PHASES = {
@@ -45,6 +51,8 @@ def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Ob
     failed: list[str] = []
     waiting: list[str] = []
     given_up: set[tuple[str, str]] = set()
+    objects = list(objects)
+    model_versions = _parsed(ModelVersion, (o for o in objects if o.get("kind") == "ModelVersion"))
     for obj in objects:
         kind = str(obj.get("kind"))
         if kind not in TERMINAL_PHASES:
@@ -63,6 +71,9 @@ def assess(objects: Iterable[Obj], deployments: Iterable[Obj], jobs: Iterable[Ob
             continue
         if kind == "InferenceService" and phase == "Failed":
             given_up.add((str(meta.get("namespace", "default")), str(meta.get("name"))))
+        elif kind == "InferenceService" and (due := _rollout_due(obj, model_versions)) is not None:
+            waiting.append(f"{name} ({phase}; a rollout of {due} is due)")
+            continue
         if phase in FAILED_PHASES.get(kind, ()) and not (kind == "TrainingRun" and _is_trial(obj)):
             failed.append(f"{name}: {phase}: {status.get('message') or status.get('failureReason') or ''}".rstrip(": "))
     for deployment in deployments:
@@ -107,6 +118,24 @@ def owned_by(objects: Iterable[Obj], roots: Iterable[Key]) -> list[Obj]:
         scoped += children
         uids |= {str(o["metadata"].get("uid")) for o in children}
         rest = [o for o in rest if o not in children]
+
+
+def _parsed(model: Any, objects: Iterable[Obj]) -> list[Any]:
+    parsed = []
+    for obj in objects:
+        try:
+            parsed.append(model.model_validate(obj))
+        except ValidationError:  # not ours to judge here: the operator reports a bad spec itself
+            continue
+    return parsed
+
+
+def _rollout_due(isvc: Obj, model_versions: list[ModelVersion]) -> str | None:
+    [service] = _parsed(InferenceService, [isvc]) or [None]
+    if service is None:
+        return None
+    namespace = service.metadata.namespace or "default"
+    return rollout_due(service, [mv for mv in model_versions if (mv.metadata.namespace or "default") == namespace])
 
 
 def _stalled(status: Obj, generation: Any) -> str | None:

@@ -24,6 +24,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Iterable
 from typing import Any
 
 from ..api.common import parse_duration
@@ -259,6 +260,29 @@ def resolve(ref: VersionRef, versions: dict[str, ModelVersion], model: str, role
         return Resolution(None, (REASON_MODEL_VERSION_NOT_FOUND,
                                  f"spec.{role}.policy {ref.policy}: no Validated ModelVersion of model {model!r}"))
     return Resolution(best.metadata.name)
+
+
+def wanted_challenger(spec: InferenceServiceSpec, status: InferenceServiceStatus,
+                      versions: dict[str, ModelVersion]) -> Resolution | None:
+    """The version spec.challenger designates now (never the champion nor a rolled-back one),
+    or None while there is no champion or no spec.challenger."""
+    if status.champion is None or spec.challenger is None:
+        return None
+    champion_mv = versions.get(status.champion)
+    excluded = frozenset({*status.rolled_back_versions, status.champion})
+    return resolve(spec.challenger, versions, spec.model, CHALLENGER, excluded,
+                   newer_than=champion_mv.spec.version if champion_mv else None)
+
+
+def rollout_due(isvc: InferenceService, model_versions: Iterable[ModelVersion]) -> str | None:
+    """The challenger a rollout would start on at the next reconcile, when none is under way:
+    a status that reads settled (Stable, Promoted, RolledBack) is not final while this names one."""
+    status = isvc.status or InferenceServiceStatus()
+    if status.rollout_stage is not None:
+        return None
+    versions = {mv.metadata.name: mv for mv in model_versions if mv.spec.model == isvc.spec.model}
+    wanted = wanted_challenger(isvc.spec, status, versions)
+    return wanted.version if wanted is not None and wanted.version != status.champion else None
 
 
 # ---------------------------------------------------------------- children
@@ -629,13 +653,10 @@ def reconcile(isvc: InferenceService, observed: Observed, now: datetime) -> Plan
 
     # 2. The challenger, and whether a rollout starts, continues or stops.
     challenger_problem: tuple[str, str] | None = None
-    champion_mv = versions.get(status.champion or "")
-    if status.champion is not None and spec.challenger is not None:
-        excluded = frozenset({*status.rolled_back_versions, status.champion})
-        wanted = resolve(spec.challenger, versions, spec.model, CHALLENGER, excluded,
-                         newer_than=champion_mv.spec.version if champion_mv else None)
-        challenger_problem = wanted.problem
-        desired = wanted.version
+    next_up = wanted_challenger(spec, status, versions)
+    if next_up is not None and spec.challenger is not None:
+        challenger_problem = next_up.problem
+        desired = next_up.version
         if spec.challenger.model_version is not None and desired is None and challenger_problem is None:
             ref = spec.challenger.model_version
             if ref in status.rolled_back_versions:
