@@ -71,11 +71,20 @@ def ztest_fails(window, spec: Analysis, steps: int) -> tuple[np.ndarray, np.ndar
     return fail, inconclusive
 
 
+def accuracy_judges(cum, spec: Analysis) -> tuple[np.ndarray, np.ndarray]:
+    """The onlineAccuracy check on arrays of rollout-window counts of wrong answers: (fail,
+    held), the minimum number of labels of each version included."""
+    judged = judge_rates(*cum, check_alpha(spec), margin=spec.max_accuracy_drop)
+    return judged.worse, judged.suspicious | (cum[1] < spec.min_sample_size) | (cum[3] < spec.min_sample_size)
+
+
 def simulate(rng: np.random.Generator, rollouts: int, per_interval: int, p_champion: float,
-             p_challenger: float, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rolled back, challenger requests when rolled back, promoted) for each simulated rollout."""
-    spec = Analysis(confidence=CONFIDENCE)
-    weights = np.array(Rollout().steps) / 100.0
+             p_challenger: float, method: str, spec: Analysis | None = None,
+             steps: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rolled back, challenger requests when rolled back, promoted) for each simulated rollout;
+    for method "accuracy" the rates are of wrong answers and the requests are labels."""
+    spec = spec or Analysis(confidence=CONFIDENCE)
+    weights = np.array(steps or Rollout().steps) / 100.0
     step = np.zeros(rollouts, dtype=int)
     active = np.ones(rollouts, dtype=bool)
     rolled_back = np.zeros(rollouts, dtype=bool)
@@ -96,6 +105,8 @@ def simulate(rng: np.random.Generator, rollouts: int, per_interval: int, p_champ
         if method == "now":
             fail, suspicious = now_judges([c[idx] for c in cum], spec)
             held = suspicious | (window[1][idx] < spec.min_sample_size)
+        elif method == "accuracy":
+            fail, held = accuracy_judges([c[idx] for c in cum], spec)
         else:
             fail, held = ztest_fails([w[idx] for w in window], spec, len(weights))
         failed = idx[fail]
@@ -119,12 +130,28 @@ def clopper_pearson(k: int, n: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def accuracy_table(rng: np.random.Generator, rollouts: int) -> None:
+    """The online-accuracy check on a short canary (steps 50 -> 100 %, 60 labels an interval: 20
+    labelled requests/s, 3 s steps, as tests/local/manifests/retrain.yaml), by minSampleSize."""
+    print(f"online accuracy, steps 50 -> 100 %, 60 labels/interval, maxAccuracyDrop 0.05, {rollouts} rollouts per cell")
+    print(f"{'minSampleSize':>13} {'wrong: champion':>15} {'challenger':>10} | {'rolled back':>11} {'promoted':>8}")
+    for minimum in (20, 50, 100):
+        spec = Analysis(confidence=CONFIDENCE, minSampleSize=minimum, maxAccuracyDrop=0.05)
+        for p_champion, p_challenger in ((0.03, 0.03), (0.03, 0.06), (0.03, 0.34)):
+            rolled, _, promoted = simulate(rng, rollouts, 60, p_champion, p_challenger, "accuracy", spec, [50, 100])
+            print(f"{minimum:13d} {p_champion:15.0%} {p_challenger:10.0%} | {rolled.mean():11.3f} {promoted.mean():8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, default=2000, help="simulated rollouts per cell (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accuracy", action="store_true", help="only the online-accuracy table (a few seconds)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
+    if args.accuracy:
+        accuracy_table(rng, args.rollouts)
+        return
     alpha = 1.0 - CONFIDENCE
     started = time.perf_counter()
 
