@@ -128,3 +128,25 @@ def test_the_status_watch_keeps_each_change_and_rides_out_an_instance_that_is_do
     assert [(s.phase, s.stage, s.champion) for s in sightings][0] == ("Progressing", "Analysing", "iris-v1")
     assert sightings[-1].champion == "iris-v2" and len(sightings) == len({(s.phase, s.stage) for s in sightings})
     assert watch.first(stage="Analysing") <= watch.first(phase="Promoted")  # type: ignore[operator]
+
+
+def test_status_watch_reads_any_source_and_keeps_each_change_of_the_challengers_weight() -> None:
+    from mlops_operator.local.traffic import StatusWatch
+
+    steps = iter([None, *[{"phase": "Progressing", "rolloutStage": "Analysing", "champion": "iris-v1",
+                           "traffic": {"champion": 100 - w, "challenger": w}} for w in (10, 10, 25, 50, 50)],
+                  {"phase": "Promoted", "rolloutStage": "Finalizing", "champion": "iris-v2",
+                   "traffic": {"champion": 100, "challenger": 0}}])
+    last: list[dict | None] = [None]
+
+    def read() -> dict | None:
+        last[0] = next(steps, last[0])
+        return last[0]
+
+    watch = StatusWatch(read=read, period=0.01).start()
+    deadline = time.monotonic() + 20
+    while watch.first(phase="Promoted") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sightings = watch.stop()
+    assert [(s.weight, s.champion) for s in sightings] == [(10, "iris-v1"), (25, "iris-v1"), (50, "iris-v1"),
+                                                           (0, "iris-v2")]

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,16 +141,30 @@ class Sighting:
     phase: str | None
     stage: str | None
     champion: str | None
+    weight: int | None = None  # status.traffic.challenger: the share the challenger gets
+
+    @classmethod
+    def of(cls, time: float, status: dict[str, Any]) -> Sighting:
+        return cls(time, status.get("phase"), status.get("rolloutStage"), status.get("champion"),
+                   (status.get("traffic") or {}).get("challenger"))
+
+    def same_as(self, other: Sighting) -> bool:
+        return (self.phase, self.stage, self.champion, self.weight) == \
+            (other.phase, other.stage, other.champion, other.weight)
 
 
 class StatusWatch:
-    """Polls one InferenceService of a local instance (through its control API) in a
-    background thread and keeps every change of (phase, rolloutStage, champion). An
-    instance that is down is looked for again on the next poll (a restart is watched on)."""
+    """Polls one InferenceService's status in a background thread and keeps every change of
+    (phase, rolloutStage, champion, challenger weight). By default it reads a local
+    instance's (through its control API); `read` (a callable returning the status, or None
+    while there is none) reads it from elsewhere, e.g. a real API server. A source that is
+    down is asked again on the next poll (a restart is watched on)."""
 
-    def __init__(self, state_dir: Path, name: str, namespace: str = "default", period: float = 0.1) -> None:
-        self.state_dir = Path(state_dir)
+    def __init__(self, state_dir: Path | None = None, name: str = "", namespace: str = "default",
+                 period: float = 0.1, *, read: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.name, self.namespace, self.period = name, namespace, period
+        self._source = read or self._read
         self.sightings: list[Sighting] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status-watch", daemon=True)
@@ -173,6 +187,7 @@ class StatusWatch:
         from mlops_operator.local import client
         from mlops_operator.local.state import StateDir
 
+        assert self.state_dir is not None, "StatusWatch: give a local state folder or `read`"
         control = client.attach(StateDir(self.state_dir))
         if control is None:
             return None
@@ -184,13 +199,12 @@ class StatusWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status = self._read()
+                status = self._source()
             except (OSError, ValueError):
                 status = None
             if status is not None:
-                seen = Sighting(time.time(), status.get("phase"), status.get("rolloutStage"), status.get("champion"))
-                last = self.sightings[-1] if self.sightings else None
-                if last is None or (last.phase, last.stage, last.champion) != (seen.phase, seen.stage, seen.champion):
+                seen = Sighting.of(time.time(), status)
+                if not self.sightings or not self.sightings[-1].same_as(seen):
                     self.sightings.append(seen)
             self._stop.wait(self.period)
 
