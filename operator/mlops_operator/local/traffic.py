@@ -57,28 +57,39 @@ class TrafficReport:
 class Traffic:
     def __init__(self, url: str, rows: Sequence[Sequence[float]], labels: Sequence[Any],
                  rate: float = 20.0, seed: int = 0, timeout: float = 10.0,
-                 max_requests: int = 30000, max_seconds: float = 1800.0) -> None:
+                 max_requests: int = 30000, max_seconds: float = 1800.0, workers: int = 1) -> None:
         self.url = url.rstrip("/")
         self.rows = [list(map(float, row)) for row in rows]
         self.labels = list(labels)
-        self.interval = 1.0 / rate
+        # `workers` clients, each one request at a time at rate / workers: the total rate
+        # holds while a request takes longer than 1 / rate (a busy machine, a longer path).
+        self.interval = workers / rate
         self.timeout = timeout
         # Bounded whatever the caller forgets: at most this many requests, for this long.
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.report = TrafficReport()
-        self._random = random.Random(seed)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._begun = 0  # requests begun by all clients, for max_requests
+        self._threads = [threading.Thread(target=self._run, args=(random.Random(seed + i),), name=f"traffic-{i}",
+                                          daemon=True) for i in range(workers)]
 
     def start(self) -> Traffic:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> TrafficReport:
         self._stop.set()
-        self._thread.join(timeout=self.timeout + 5)
+        self.wait(self.timeout + 5)
         return self.snapshot()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether every client has stopped (at a bound, or after `stop`) within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def snapshot(self) -> TrafficReport:
         with self._lock:
@@ -95,11 +106,15 @@ class Traffic:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")[:200]
 
-    def _run(self) -> None:
+    def _run(self, chooser: random.Random) -> None:
         until = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and self.report.sent < self.max_requests and time.monotonic() < until:
+        while not self._stop.is_set() and time.monotonic() < until:
+            with self._lock:
+                if self._begun >= self.max_requests:
+                    break
+                self._begun += 1
             started, sent_at = time.monotonic(), time.time()
-            index = self._random.randrange(len(self.rows))
+            index = chooser.randrange(len(self.rows))
             try:
                 code, body = self._post("/predict", {"instances": [self.rows[index]]})
             except (OSError, ValueError) as error:
