@@ -164,13 +164,17 @@ def test_a_worse_challenger_is_rolled_back_with_no_client_error_and_the_failed_c
     assert report.by_version["iris-v3"] > 0, report.by_version  # it did serve part of the traffic
     assert report.versions_sent_after(rolled_back_at + 2)["iris-v3"] == 0
     assert status["phase"] == "RolledBack" and status["champion"] == "iris-v2"
-    numbers = re.compile(r"onlineAccuracy|online accuracy .*\d+\.\d+%")
+    # The check that failed, with its numbers (a one-split tree: online accuracy, from the feedback).
+    failed = [c for c in status["lastAnalysis"]["checks"] if c["verdict"] == "Fail"]
+    assert failed and all(re.search(r"\d+\.\d+%", c["message"]) for c in failed), failed
+    assert "onlineAccuracy" in {c["name"] for c in failed}, failed
     progressing = world.condition("InferenceService", SERVICE, "Progressing")
     assert progressing and progressing["status"] == "False" and progressing["reason"] == "RolledBack", progressing
-    assert numbers.search(progressing["message"]), progressing["message"]
     [event] = world.events(SERVICE, "RolledBack")
     assert event["type"] == "Warning" and event["message"].startswith("rolled back iris-v3; all traffic to iris-v2")
-    assert numbers.search(event["message"]), event["message"]
+    for check in failed:
+        assert check["message"] in progressing["message"], (check["message"], progressing["message"])
+        assert check["message"] in event["message"], (check["message"], event["message"])
 
 
 def test_drift_starts_a_retrain_whose_version_is_canaried_to_a_verdict_without_a_manual_step(
