@@ -87,10 +87,11 @@ class ServingWorld:
 
     def traffic(self, service: str, rows: list[list[float]] | None = None, labels: list[int] | None = None,
                 rate: float = 24.0, **options: Any) -> Traffic:
-        """Steady traffic with label feedback to the Service's ClusterIP (4 clients share the rate)."""
+        """Steady traffic with label feedback to the Service's ClusterIP. 8 clients share the
+        rate: it holds while a prediction and its feedback take up to 8 / rate seconds."""
         if rows is None:
             rows, labels = iris_rows()
-        return Traffic(self.service_url(service), rows, labels or [], rate=rate, **{"workers": 4, **options})
+        return Traffic(self.service_url(service), rows, labels or [], rate=rate, **{"workers": 8, **options})
 
     def answers_once(self, service: str) -> bool:
         """Whether one prediction sent through the Service is answered."""

@@ -52,6 +52,10 @@ def champion_documents() -> list[dict[str, Any]]:
     experiment["spec"]["retrain"] = {"onDrift": {"enabled": True, "service": SERVICE, "persistence": 2}}
     [isvc] = load_yaml(CANARY / "inferenceservice.yaml")
     isvc["spec"]["drift"] = {"interval": "2s", "window": 60}
+    # A machine shared with other heavy jobs stalls a process for seconds now and then; the
+    # router then skips the challenger, which counts as its errors. One failed analysis is
+    # forgiven (its evidence restarts), a worse challenger fails twice.
+    isvc["spec"]["rollout"]["analysis"]["failureLimit"] = 2
     return [experiment, isvc]
 
 
@@ -89,6 +93,13 @@ def weights_in_order(sightings: list[Sighting]) -> list[int]:
     return seen
 
 
+def fail_if_rolled_back(world: ServingWorld, version: str) -> bool:
+    """False while `version` is not rolled back; fails the test with the analysis when it is."""
+    status = world.status("InferenceService", SERVICE)
+    assert version not in status.get("rolledBackVersions", []), json.dumps(status.get("lastAnalysis"), indent=1)
+    return False
+
+
 def history_time(status: dict[str, Any], action: str, version: str) -> float:
     [entry] = [h for h in status["history"] if h["action"] == action and h["version"] == version]
     return parse_time(entry["time"]).timestamp()
@@ -103,7 +114,8 @@ def test_the_example_challenger_walks_every_step_survives_a_kill_9_at_50_and_is_
         world.apply(*load_yaml(CANARY / "retrain.yaml"))
         world.wait_status("ModelVersion", "iris-v2", "the challenger iris-v2 Validated",
                           lambda s: s.get("phase") == "Validated", timeout=600)
-        eventually(lambda: any(s.weight == 50 for s in watch.sightings), "the canary at 50 %", timeout=300)
+        eventually(lambda: any(s.weight == 50 for s in watch.sightings) or fail_if_rolled_back(world, "iris-v2"),
+                   "the canary at 50 %", timeout=300)
         world.operator.kill()
         killed_at = time.time()
         # Nobody runs the control loop now; the data plane answers on at 50 %, from both versions.
@@ -131,9 +143,12 @@ def test_the_example_challenger_walks_every_step_survives_a_kill_9_at_50_and_is_
     assert report.sent > 200 and rate_of(report) >= 20, (report.sent, rate_of(report))
     # Every step, in order; the kill at 50 % neither repeated a step nor skipped one.
     assert weights_in_order(sightings) == STEPS, sightings
-    after_kill = [s for s in sightings if s.time >= killed_at and s.weight]
-    assert after_kill and after_kill[0].weight in (50, 100), after_kill
     assert all(s.time >= restarted_at for s in sightings if s.weight == 100), (restarted_at, sightings)
+    # Each step was entered once (a restarted operator that started the step again would say it again).
+    advanced = [(e["message"], e.get("count") or 1) for e in world.events(SERVICE, "StepAdvanced")]
+    for index, weight in enumerate(STEPS):
+        said = f"step {index + 1}/{len(STEPS)}: {weight}% of traffic to iris-v2"
+        assert sum(n for m, n in advanced if m == said) == 1, (said, advanced)
     # The zero-gap promotion: Promoting seen, then not one answer from the old version.
     stages = [(s.phase, s.stage) for s in sightings]
     assert ("Progressing", "Promoting") in stages, stages
