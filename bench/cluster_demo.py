@@ -185,20 +185,25 @@ def main() -> None:
     from mlops_operator.local.seaweed import SeaweedServer
 
     folder = Path(tempfile.mkdtemp(prefix="mlops-cluster-bench-"))
-    s3_server = SeaweedServer(folder / "s3")
-    s3_server.start(timeout=30)
+    plane = cluster.up(folder / "plane", crdgen.default_crds_dir(), log=lambda line: print(line, file=sys.stderr))
     try:
+        from mlops_operator.devcluster import network
+
+        # The S3 server listens on the host end of the cluster's veth: Pods (in network
+        # namespaces of their own) and the operator on the host both reach it there.
         # SeaweedFS without an IAM config accepts any key pair.
-        s3 = SimpleNamespace(endpoint=s3_server.endpoint, access_key="mlops-bench", secret_key="mlops-bench-secret")
-        plane = cluster.up(folder / "plane", crdgen.default_crds_dir(), log=lambda line: print(line, file=sys.stderr))
+        s3_server = SeaweedServer(folder / "s3", host=network.load(folder / "plane").host_ip)
+        s3_server.start(timeout=30)
         try:
+            s3 = SimpleNamespace(endpoint=s3_server.endpoint, access_key="mlops-bench",
+                                 secret_key="mlops-bench-secret")
             world_cluster = Cluster(plane, KubernetesCluster.from_kubeconfig(str(plane.kubeconfig)))
             with serving_world(world_cluster, plane.kubeconfig, s3, folder / "operator.log", quiet=True) as world:
                 results = run(world)
         finally:
-            cluster.down(folder / "plane")
+            s3_server.stop(grace=2)
     finally:
-        s3_server.stop(grace=2)
+        cluster.down(folder / "plane")
         if not options.keep:
             shutil.rmtree(folder, ignore_errors=True)
     print_table(results)

@@ -77,9 +77,8 @@ class ServingWorld:
 
     # ------------------------------------------------------------------ serving
 
-    def service_url(self, service: str, port: int = 8080) -> str:
-        ip = self.get("Service", service, "v1")["spec"]["clusterIP"]
-        return f"http://{ip}:{port}"
+    def service_url(self, service: str) -> str:
+        return self.cluster.service_url(self.namespace, service)
 
     def pod_ips(self, labels: dict[str, str]) -> list[str]:
         return [p["status"]["podIP"] for p in self.list("Pod", "v1", labels)

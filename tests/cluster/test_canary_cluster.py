@@ -60,10 +60,10 @@ def champion_documents() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def world(control_plane: Cluster, operator_kubeconfig: Path, s3: Any,
+def world(control_plane: Cluster, operator_kubeconfig: Path, pod_s3: Any,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingWorld]:
     log = tmp_path_factory.mktemp("canary-operator") / "operator.log"
-    with serving_world(control_plane, operator_kubeconfig, s3, log) as world:
+    with serving_world(control_plane, operator_kubeconfig, pod_s3, log) as world:
         world.apply(*champion_documents())
         world.wait_status("ModelVersion", "iris-v1", "the champion iris-v1 Validated",
                           lambda s: s.get("phase") == "Validated", timeout=600)
@@ -248,9 +248,11 @@ def test_argo_cd_health_of_the_canary_outcomes(served: ServingWorld) -> None:
     worse = served.kubectl_json("modelversion", "iris-v3")
     assert health(worse)[0] == "Healthy"  # a Validated version that lost its canary is still a valid record
     if "isvc after the retrain" in snapshots:
+        # A promoted retrain is Healthy (phase Promoted, then Stable); a rolled-back one Degraded.
         after = snapshots["isvc after the retrain"]
-        expected = "Healthy" if after["status"]["phase"] == "Promoted" else "Degraded"
-        assert health(after)[0] == expected, (after["status"]["phase"], health(after))
+        verdict = after["status"]["history"][-1]["action"]
+        expected = {"Promoted": "Healthy", "RolledBack": "Degraded"}[verdict]
+        assert health(after)[0] == expected, (verdict, after["status"]["phase"], health(after))
         assert health(snapshots["experiment retrained"])[0] == "Healthy"
 
 
