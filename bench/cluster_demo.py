@@ -129,8 +129,7 @@ def run(world: ServingWorld) -> dict[str, dict[str, float]]:
         eventually(lambda: "challenger drained" in marks.seen, "the promotion", timeout=900)
         promoted = watch.first(phase="Promoted")
         assert promoted is not None
-        eventually(lambda: traffic.snapshot().versions_sent_after(promoted + 2)["iris-v2"] >= 20,
-                   "answers after the promotion", timeout=60)
+        world.wait_answers_after(traffic, promoted + 2, "answers after the promotion", "iris-v2")
     finally:
         seen = marks.stop()
         report = traffic.stop()
@@ -151,22 +150,11 @@ def run(world: ServingWorld) -> dict[str, dict[str, float]]:
 
 
 def print_table(results: dict[str, dict[str, float]]) -> None:
+    from local_demo import print_sections
+
     print("\nthe real control plane: wall seconds since the apply (one run; the machine is shared, "
           "figures are noisy)\n")
-    for section, values in results.items():
-        print(section)
-        previous = 0.0
-        ordered = sorted(values, key=values.__getitem__) if section not in ("traffic", "durations") else values
-        for name in ordered:
-            value = values[name]
-            if section == "traffic":
-                print(f"  {name:<34} {value:>8.1f}" if name == "requests/s" else f"  {name:<34} {value:>8.0f}")
-            elif section == "durations":
-                print(f"  {name:<34} {value:>8.1f} s")
-            else:
-                print(f"  {name:<34} {value:>8.1f} s   +{value - previous:>5.1f} s")
-                previous = value
-        print()
+    print_sections([results])
     first = results["iris: apply -> serving champion"].get("first prediction served", float("inf"))
     print(f"target: first prediction served within {TARGET_SECONDS:.0f} s of the apply: {first:.1f} s "
           f"({'met' if first <= TARGET_SECONDS else 'MISSED'})")

@@ -98,6 +98,17 @@ class ServingWorld:
         probe = self.traffic(service, rows[:1], labels[:1], max_requests=1, workers=1, timeout=5).start()
         return probe.wait(10) and probe.snapshot().answered == 1
 
+    @staticmethod
+    def wait_answers_after(traffic: Traffic, moment: float, what: str, version: str | None = None,
+                           count: int = 20) -> None:
+        """Until `count` requests sent after `moment` (time.time()) were answered (by `version`),
+        so that "none from the old version after it" means something."""
+        def answered() -> bool:
+            after = traffic.snapshot().versions_sent_after(moment)
+            return (after[version] if version else sum(after.values())) >= count
+
+        eventually(answered, what, timeout=60)
+
     def watch(self, name: str) -> StatusWatch:
         """Every change of the InferenceService's phase, stage, champion and weight, as the API server has it."""
         return StatusWatch(read=lambda: self.status("InferenceService", name) or None, period=0.1)

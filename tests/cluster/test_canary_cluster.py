@@ -132,9 +132,7 @@ def test_the_example_challenger_walks_every_step_survives_a_kill_9_at_50_and_is_
         world.snapshots["isvc promoted"] = world.kubectl_json("isvc", SERVICE)
         promoted_seen = watch.first(phase="Promoted")
         assert promoted_seen is not None
-        # Requests sent well after the promotion, so that "none from iris-v1 after" means something.
-        eventually(lambda: traffic.snapshot().versions_sent_after(promoted_seen + 2)["iris-v2"] >= 20,
-                   "answers after the promotion", timeout=60)
+        world.wait_answers_after(traffic, promoted_seen + 2, "answers after the promotion", "iris-v2")
     finally:
         report = traffic.stop()
         sightings = watch.stop()
@@ -170,8 +168,7 @@ def test_a_worse_challenger_is_rolled_back_with_no_client_error_and_the_failed_c
                                    and s.get("rolloutStage") is None, timeout=600)
         world.snapshots["isvc rolled back"] = world.kubectl_json("isvc", SERVICE)
         rolled_back_at = history_time(status, "RolledBack", "iris-v3")
-        eventually(lambda: sum(traffic.snapshot().versions_sent_after(rolled_back_at + 2).values()) >= 20,
-                   "answers after the rollback", timeout=60)
+        world.wait_answers_after(traffic, rolled_back_at + 2, "answers after the rollback")
     finally:
         report = traffic.stop()
 
