@@ -185,6 +185,17 @@ def resolv_conf(pod_namespace: str) -> str:
             "nameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:1\n")
 
 
+def how_to_reach(plan: NetworkPlan) -> list[str]:
+    """What `mlops dev cluster up` tells a person about the network it made."""
+    return [
+        f"Pods get addresses from {plan.pod_cidr}, Services from {plan.service_cidr}; this host routes both:",
+        "  curl http://$(kubectl get service NAME -n NS -o jsonpath='{.spec.clusterIP}'):PORT/",
+        f"Pods reach this host at {plan.host_ip} (their 127.0.0.1 is their own): serve S3 for them there,",
+        f"  and run the operator with AWS_ENDPOINT_URL=http://{plan.host_ip}:PORT",
+        "Inside Pods, NAME.NS.svc and NAME.NS.svc.cluster.local resolve to ClusterIPs.",
+    ]
+
+
 def owner_of_netns(netns: str, clusters: set[str]) -> str | None:
     """The cluster network a namespace belongs to (its own or a Pod's of it), or None."""
     return next((name for name in clusters if netns == name or netns.startswith(name + "-")), None)
