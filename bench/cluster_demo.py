@@ -117,7 +117,8 @@ def run(world: ServingWorld) -> dict[str, dict[str, float]]:
     if problem:
         marks.stop()
         raise SystemExit(f"cluster_demo: {problem}")
-    eventually(lambda: "first prediction served" in marks.seen, "the first prediction", timeout=300)
+    eventually(lambda: {"first prediction served", "InferenceService Ready"} <= set(marks.seen),
+               "the first prediction and Ready", timeout=300)
     results["iris: apply -> serving champion"] = marks.stop()
 
     traffic = world.traffic("iris", rate=20).start()
