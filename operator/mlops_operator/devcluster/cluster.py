@@ -46,7 +46,8 @@ def up(directory: Path, crds: Path | None, log: Callable[[str], None] = lambda _
     try:
         plan = network.create(directory)
     except (network.NetworkError, OSError) as error:
-        raise ControlPlaneError(f"the Pod network could not be made (it needs root and `ip`): {error}") from error
+        # Like a missing Go: this machine cannot run the tier (the tests skip, or fail when required).
+        raise build.ControlPlaneUnavailable(f"the Pod network could not be made (it needs root and `ip`): {error}") from error
     log(f"pod network {plan.name}: pods {plan.pod_cidr}, services {plan.service_cidr}, host {plan.host_ip}")
     try:
         plane = control_plane.start(directory, binaries, timeout=timeout, log=log, service_cidr=plan.service_cidr)
