@@ -197,6 +197,28 @@ def promotion_time(folder: Path, parse_time) -> float | None:  # type: ignore[no
     return times[0] if times else None
 
 
+def print_sections(runs: list[dict[str, dict[str, float]]]) -> None:
+    """The runs' medians, section by section: phases in the order they happened (with the
+    time since the previous one), then "durations" and "traffic" as they are. Shared with
+    bench/cluster_demo.py."""
+    for section in runs[0]:
+        print(section)
+        previous = 0.0
+        for phase in sorted(runs[0][section], key=lambda name: runs[0][section][name]) \
+                if section not in ("traffic", "durations") else runs[0][section]:
+            values = [run[section][phase] for run in runs if phase in run[section]]
+            value = statistics.median(values)
+            spread = f"  ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
+            if section == "traffic":
+                print(f"  {phase:<34} {value:>8.1f}" if value % 1 else f"  {phase:<34} {value:>8.0f}")
+            elif section == "durations":
+                print(f"  {phase:<34} {value:>8.1f} s{spread}")
+            else:
+                print(f"  {phase:<34} {value:>8.1f} s   +{value - previous:>5.1f} s{spread}")
+                previous = value
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1)
@@ -213,22 +235,7 @@ def main() -> None:
             print(f"run {index + 1}: {folder}")
     print(f"\nmlops local: wall seconds since the command started (median of {len(runs)} run(s); "
           f"the machine is shared, figures are noisy)\n")
-    for section in runs[0]:
-        print(section)
-        previous = 0.0
-        for phase in sorted(runs[0][section], key=lambda name: runs[0][section][name]) \
-                if section not in ("traffic", "durations") else runs[0][section]:
-            values = [run[section][phase] for run in runs if phase in run[section]]
-            value = statistics.median(values)
-            spread = f"  ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
-            if section == "traffic":
-                print(f"  {phase:<34} {value:>8.0f}")
-            elif section == "durations":
-                print(f"  {phase:<34} {value:>8.1f} s{spread}")
-            else:
-                print(f"  {phase:<34} {value:>8.1f} s   +{value - previous:>5.1f} s{spread}")
-                previous = value
-        print()
+    print_sections(runs)
     section = "iris: up -> serving champion"
     firsts = [run[section][FIRST_PREDICTION] for run in runs if FIRST_PREDICTION in run[section]]
     serving = statistics.median(firsts) if firsts else float("inf")

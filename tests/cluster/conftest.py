@@ -9,17 +9,24 @@ tier is skipped with what is missing; with `MLOPS_REQUIRE_CONTROL_PLANE=1` (set 
 Each test gets a fresh namespace with the S3 credentials Secret; the operator runs as
 `mlops run` under the ServiceAccount, ClusterRole and ClusterRoleBinding of
 `manifests/base/rbac.yaml`, exactly as shipped, with a token of its own (TokenRequest).
+
+Pods run in network namespaces of their own (docs/control-plane.md, "Pod network"): their
+127.0.0.1 is not the host's, so they and the operator reach the session's S3 server through
+`pod_s3`, a forwarder on the host end of the cluster's veth. Tests reach a Service with
+`control_plane.service_url(namespace, name)` (its ClusterIP, routed from the host).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -74,8 +81,10 @@ def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     except ControlPlaneError as error:
         pytest.fail(f"the control plane did not start: {error}", pytrace=False)
     try:
+        from mlops_operator.devcluster import network
+
         admin = KubernetesCluster.from_kubeconfig(str(plane.kubeconfig))
-        yield Cluster(plane, admin)
+        yield Cluster(plane, admin, network.load(directory))
     finally:
         cluster.down(directory)
 
@@ -123,9 +132,28 @@ def operator_kubeconfig(control_plane: Cluster, tmp_path_factory: pytest.TempPat
                                               token, path)
 
 
+@pytest.fixture(scope="session")
+def pod_s3(control_plane: Cluster, s3: Any) -> Iterator[Any]:
+    """The session's S3 server as Pods reach it: a TCP forwarder listening on the host end
+    of the cluster's veth (which the operator on the host reaches too), to the server on the
+    host's loopback. The operator passes this endpoint into the Pods' env."""
+    from mlops_operator.local.proxy import ServiceProxy, free_port
+
+    target = urlsplit(s3.endpoint)
+    host = control_plane.network.host_ip
+    listen = (host, free_port(host))
+    forwarder = ServiceProxy()
+    forwarder.set_backends(listen, [(target.hostname, target.port)])
+    try:
+        yield dataclasses.replace(s3, endpoint=f"http://{host}:{listen[1]}")
+    finally:
+        forwarder.stop()
+
+
 @pytest.fixture
-def operator(control_plane: Cluster, operator_kubeconfig: Path, s3: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "AWS_ENDPOINT_URL": s3.endpoint}
+def operator(control_plane: Cluster, operator_kubeconfig: Path, pod_s3: Any, tmp_path: Path
+             ) -> Iterator[OperatorProcess]:
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "AWS_ENDPOINT_URL": pod_s3.endpoint}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     process = OperatorProcess(operator_kubeconfig, tmp_path / "operator.log", env)
     process.start()

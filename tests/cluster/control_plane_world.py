@@ -46,10 +46,22 @@ def eventually(check: Callable[[], T], what: str, timeout: float = 120.0, interv
 
 @dataclass
 class Cluster:
-    """The running control plane, as the tests use it."""
+    """The running control plane, as the tests use it; `network` is its Pod network's plan
+    (`mlops_operator.devcluster.network.NetworkPlan`)."""
 
     plane: Any
     admin: KubernetesCluster
+    network: Any = None
+
+    def service_url(self, namespace: str, name: str, port: int | None = None) -> str:
+        """`http://<ClusterIP>:<port>` of a Service (its first port unless given): the host
+        routes the service CIDR into the cluster's network, where the service proxy listens."""
+        spec = self.admin.get("v1", "Service", namespace, name)["spec"]
+        return f"http://{spec['clusterIP']}:{port or spec['ports'][0]['port']}"
+
+    def pod_netns(self, pod: dict[str, Any]) -> Path:
+        """Where the network namespace of `pod` is mounted while it exists."""
+        return Path("/run/netns") / self.network.pod_netns(pod["metadata"]["uid"])
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -71,7 +71,7 @@ def test_iris_example_trains_to_a_validated_version_as_the_operators_service_acc
     jobs = {job["metadata"]["name"]: job for job in listed(control_plane, "batch/v1", "Job", namespace)}
     for run in runs:
         status = run["status"]
-        assert status["phase"] == "Succeeded"
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
         # Read by the operator from the trainer's termination message, written by the stand-in.
         assert status["artifactUri"].startswith(f"s3://mlops/{namespace}/iris/{run['metadata']['name']}/")
         assert len(status["sha256"]) == 64 and 0.5 < status["metrics"]["accuracy"] <= 1.0

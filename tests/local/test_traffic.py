@@ -81,11 +81,12 @@ def test_the_command_reports_progress_and_fails_on_refused_requests(url: str, ca
 def test_traffic_stops_by_itself_at_its_bounds(url: str) -> None:
     rows, labels = iris_rows()
     traffic = Traffic(url, rows, labels, rate=200, max_requests=15).start()
-    traffic._thread.join(timeout=20)
-    assert not traffic._thread.is_alive() and traffic.snapshot().sent == 15
+    assert traffic.wait(20) and traffic.snapshot().sent == 15
     traffic = Traffic(url, rows, labels, rate=5, max_seconds=0.5).start()
-    traffic._thread.join(timeout=20)
-    assert not traffic._thread.is_alive() and 1 <= traffic.snapshot().sent <= 5
+    assert traffic.wait(20) and 1 <= traffic.snapshot().sent <= 5
+    # Several clients share the bound on requests exactly.
+    traffic = Traffic(url, rows, labels, rate=400, max_requests=15, workers=4).start()
+    assert traffic.wait(20) and traffic.snapshot().sent == 15
 
 
 def test_the_status_watch_keeps_each_change_and_rides_out_an_instance_that_is_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -128,3 +129,50 @@ def test_the_status_watch_keeps_each_change_and_rides_out_an_instance_that_is_do
     assert [(s.phase, s.stage, s.champion) for s in sightings][0] == ("Progressing", "Analysing", "iris-v1")
     assert sightings[-1].champion == "iris-v2" and len(sightings) == len({(s.phase, s.stage) for s in sightings})
     assert watch.first(stage="Analysing") <= watch.first(phase="Promoted")  # type: ignore[operator]
+
+
+def test_status_watch_reads_any_source_and_keeps_each_change_of_the_challengers_weight() -> None:
+    from mlops_operator.local.traffic import StatusWatch
+
+    steps = iter([None, *[{"phase": "Progressing", "rolloutStage": "Analysing", "champion": "iris-v1",
+                           "traffic": {"champion": 100 - w, "challenger": w}} for w in (10, 10, 25, 50, 50)],
+                  {"phase": "Promoted", "rolloutStage": "Finalizing", "champion": "iris-v2",
+                   "traffic": {"champion": 100, "challenger": 0}}])
+    last: list[dict | None] = [None]
+
+    def read() -> dict | None:
+        last[0] = next(steps, last[0])
+        return last[0]
+
+    watch = StatusWatch(read=read, period=0.01).start()
+    deadline = time.monotonic() + 20
+    while watch.first(phase="Promoted") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sightings = watch.stop()
+    assert [(s.weight, s.champion) for s in sightings] == [(10, "iris-v1"), (25, "iris-v1"), (50, "iris-v1"),
+                                                           (0, "iris-v2")]
+
+
+def test_workers_hold_the_rate_when_each_answer_takes_longer_than_its_share_of_a_second() -> None:
+    class SlowService(FakeService):
+        def do_POST(self) -> None:
+            time.sleep(0.1)  # the server's latency: 1 client at a time could send 10/s at most
+            super().do_POST()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    rows, labels = iris_rows()
+    try:
+        rates = {}
+        for workers in (1, 8):
+            traffic = Traffic(url, rows, labels, rate=20, workers=workers).start()
+            started = time.monotonic()
+            threading.Event().wait(2.0)  # the measured window
+            report = traffic.stop()
+            rates[workers] = report.sent / (time.monotonic() - started)
+            assert report.failures == []
+            assert len({a.sent_at for a in report.answers}) == report.sent
+    finally:
+        server.shutdown()
+    assert rates[1] < 6 and 15 < rates[8] <= 21, rates

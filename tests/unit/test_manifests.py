@@ -15,8 +15,10 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from lupa.lua54 import LuaRuntime
 import yaml
+
+import argocd_health
+from argocd_health import ARGOCD, LUA_KINDS
 
 from mlops_operator import clusterctl
 
@@ -453,36 +455,11 @@ def test_mlops_cluster_dry_run_prints_the_commands() -> None:
 
 # --- Argo CD health checks (docs/argocd/*.lua) ----------------------------------------------------
 
-ARGOCD = ROOT / "docs" / "argocd"
-LUA_KINDS = {"Experiment": "experiment", "TrainingRun": "trainingrun", "ModelVersion": "modelversion",
-             "InferenceService": "inferenceservice"}
 SHARED_MARKER = "-- (From here on the same in every kind's script"
 
 
-def to_lua(value: object) -> str:
-    """A Lua expression for a JSON-like value (how Argo CD hands the object to the script)."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "{" + ", ".join(to_lua(item) for item in value) + "}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"[{to_lua(k)}] = {to_lua(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
 def health(kind: str, obj: dict) -> tuple[str, str]:
-    """Run the kind's script like Argo CD does: `obj` global, the script's return value read.
-    Lua 5.4 comes from the `lupa` wheel, so no system interpreter is needed."""
-    lua = LuaRuntime()
-    lua.execute(f"obj = {to_lua(obj)}")
-    hs = lua.execute((ARGOCD / f"{LUA_KINDS[kind]}.lua").read_text())
-    return hs["status"], hs["message"] or ""
+    return argocd_health.health(obj, kind)
 
 
 def resource(kind: str, generation: int = 2, **status: object) -> dict:

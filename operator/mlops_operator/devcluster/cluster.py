@@ -1,9 +1,10 @@
 """A whole development cluster: the control plane, our CRDs, and the node stand-in.
 
 One way to start it, shared by the test tier's session fixture and `mlops dev cluster up`:
-build (or reuse) the binaries, start etcd, kube-apiserver and kube-controller-manager, apply
-`crds/` with server-side apply, and start the node stand-in as its own process. `down`
-stops all of it by pid, from the state file alone.
+build (or reuse) the binaries, make the Pod network (`network.create`), start etcd,
+kube-apiserver (with the network's service CIDR) and kube-controller-manager, apply `crds/`
+with server-side apply, and start the node stand-in as its own process. `down` stops all of
+it by pid and deletes the network, from the state files alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlops_operator.clusterctl import kubectl_path
-from mlops_operator.devcluster import build, control_plane
+from mlops_operator.devcluster import build, control_plane, network
 from mlops_operator.devcluster.control_plane import ControlPlane, ControlPlaneError
 from mlops_operator.local.processes import is_alive, start_ticks, terminate_group
 
@@ -42,26 +43,36 @@ def up(directory: Path, crds: Path | None, log: Callable[[str], None] = lambda _
     binaries, built_in = build.build(log=log)
     if built_in is not None:
         log(f"built the control plane in {built_in:.0f} s")
-    plane = control_plane.start(directory, binaries, timeout=timeout, log=log)
+    try:
+        plan = network.create(directory)
+    except (network.NetworkError, OSError) as error:
+        # Like a missing Go: this machine cannot run the tier (the tests skip, or fail when required).
+        raise build.ControlPlaneUnavailable(f"the Pod network could not be made (it needs root and `ip`): {error}") from error
+    log(f"pod network {plan.name}: pods {plan.pod_cidr}, services {plan.service_cidr}, host {plan.host_ip}")
+    try:
+        plane = control_plane.start(directory, binaries, timeout=timeout, log=log, service_cidr=plan.service_cidr)
+    except BaseException:
+        network.destroy(plan)
+        raise
     try:
         if crds is not None:
             kubectl(plane, "apply", "--server-side", "--field-manager=mlops-dev", "-f", str(crds))
             kubectl(plane, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
-        start_node(plane)
+        start_node(plane, directory / network.PLAN_FILE)
     except BaseException:
         down(directory)
         raise
     return plane
 
 
-def start_node(plane: ControlPlane) -> None:
+def start_node(plane: ControlPlane, network_plan: Path) -> None:
     workdir = plane.directory / "node"
     workdir.mkdir(exist_ok=True)
     log_file = open(plane.directory / "logs" / "node.log", "ab")
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlops_operator.devcluster.node", "--kubeconfig", str(plane.kubeconfig),
-             "--workdir", str(workdir)],
+             "--workdir", str(workdir), "--network", str(network_plan)],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
         log_file.close()
@@ -82,9 +93,14 @@ def start_node(plane: ControlPlane) -> None:
 
 
 def down(directory: Path, grace: float = 10.0) -> bool:
-    """Stop the node stand-in (and so its pods' processes), then the control plane."""
-    plane = control_plane.load(Path(directory).resolve())
+    """Stop the node stand-in (and so its pods' processes), then the control plane, then
+    delete the Pod network."""
+    directory = Path(directory).resolve()
+    plan = network.load(directory)
+    plane = control_plane.load(directory)
     if plane is None:
+        if plan is not None:
+            network.destroy(plan)
         return False
     pid, ticks = (plane.pids.pop(NODE, None) or [0, 0])[:2]
     stopped = False
@@ -92,4 +108,6 @@ def down(directory: Path, grace: float = 10.0) -> bool:
         terminate_group(pid, ticks, grace, _node_processes.pop(pid, None))
         stopped = True
     stopped = control_plane.stop_recorded(plane.directory, grace) or stopped
+    if plan is not None:
+        network.destroy(plan)
     return stopped

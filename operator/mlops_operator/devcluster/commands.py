@@ -1,7 +1,8 @@
 """`mlops dev cluster build|up|down`: the control-plane tier for people.
 
     mlops dev cluster build            build etcd, kube-apiserver, kube-controller-manager (or reuse them)
-    mlops dev cluster up [--dir DIR]   start them with our CRDs and the node stand-in; prints KUBECONFIG
+    mlops dev cluster up [--dir DIR]   start them with our CRDs, the node stand-in and the Pod network;
+                                       prints KUBECONFIG and how to reach Services
     mlops dev cluster down [--dir DIR] stop everything by pid
 """
 
@@ -21,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster = groups.add_parser(
         "cluster", help="etcd + kube-apiserver + kube-controller-manager + the node stand-in, on 127.0.0.1",
         description="A real Kubernetes control plane on this machine, built with Go from controlplane/ "
-        "(pinned versions), with RBAC, our CRDs and a node stand-in that runs Pods as local processes.")
+        "(pinned versions), with RBAC, our CRDs and a node stand-in that runs Pods as local processes, "
+        "each in a network namespace of its own (needs root).")
     actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
     build = actions.add_parser("build", help="build the binaries into the cache (reused when current)")
     build.set_defaults(func=_build)
@@ -47,7 +49,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     from mlops_operator import crdgen
-    from mlops_operator.devcluster import build, cluster
+    from mlops_operator.devcluster import build, cluster, network
     from mlops_operator.devcluster.control_plane import ControlPlaneError
 
     try:
@@ -56,6 +58,9 @@ def _up(args: argparse.Namespace) -> int:
         print(f"mlops dev cluster up: {error}", file=sys.stderr)
         return 1
     print(f"export KUBECONFIG={plane.kubeconfig}")
+    plan = network.load(plane.directory)
+    if plan is not None:
+        print("\n".join(f"# {line}" for line in network.how_to_reach(plan)))
     return 0
 
 

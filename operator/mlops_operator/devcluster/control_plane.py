@@ -33,7 +33,9 @@ from mlops_operator.devcluster.build import Binaries
 from mlops_operator.local.processes import is_alive, start_ticks, terminate_group
 from mlops_operator.local.proxy import free_port
 
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+# The dev cluster passes its Pod network's service CIDR (devcluster/network.py); this
+# default, from the same RFC 2544 benchmarking range, serves a control plane without one.
+SERVICE_CLUSTER_IP_RANGE = "198.19.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTROLLERS = (
     "job-controller",
@@ -98,7 +100,8 @@ class ControlPlane:
         return path
 
 
-def start(directory: Path, binaries: Binaries, timeout: float = 180.0, log: Callable[[str], None] = lambda _: None) -> ControlPlane:
+def start(directory: Path, binaries: Binaries, timeout: float = 180.0, log: Callable[[str], None] = lambda _: None,
+          service_cidr: str = SERVICE_CLUSTER_IP_RANGE) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager with their state in `directory`."""
     directory = Path(directory).resolve()
     (directory / "logs").mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,7 @@ def start(directory: Path, binaries: Binaries, timeout: float = 180.0, log: Call
             # Its endpoint reconciler refuses a loopback address for the `kubernetes` Service;
             # nothing here reaches the API through that Service.
             "--endpoint-reconciler-type=none",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={service_cidr}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={directory / 'sa.pub'}",
             f"--service-account-signing-key-file={directory / 'sa.key'}",

@@ -10,12 +10,17 @@ and the termination message read from `terminationMessagePath`). A Pod being del
 its process stopped and is then removed with a zero grace period, as the kubelet confirms a
 deletion.
 
-Run it as `python -m mlops_operator.devcluster.node --kubeconfig FILE --workdir DIR`.
+With `--network PLAN` (the `network.json` of `devcluster.network.create`) each Pod runs in a
+network namespace of its own with a Pod IP (`NetnsPodNetwork`), and a thread of this process
+serves the Services' ClusterIPs (`devcluster.services.ServiceRouting`).
+
+Run it as `python -m mlops_operator.devcluster.node --kubeconfig FILE --workdir DIR [--network PLAN]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -30,8 +35,8 @@ from mlops_operator.cluster.kubernetes import KubernetesCluster
 from mlops_operator.cluster.port import ClusterError, NotFound
 from mlops_operator.cluster.resources import Resource, register
 from mlops_operator.local.pod_runner import POD, LocalPod, PodRunner, _key, _meta, timestamp
+from mlops_operator.devcluster.network import NetnsPodNetwork, NetworkPlan
 from mlops_operator.local.processes import ProcessTable
-from mlops_operator.local.proxy import free_port
 
 log = logging.getLogger("mlops.node")
 # The operator never touches Nodes; only the stand-in does.
@@ -44,10 +49,13 @@ RESYNC_SECONDS = 1.0
 
 
 class NodeStandIn(PodRunner):
-    def __init__(self, cluster: KubernetesCluster, workdir: Path, node_name: str = NODE_NAME) -> None:
+    def __init__(self, cluster: KubernetesCluster, workdir: Path, node_name: str = NODE_NAME,
+                 network: NetnsPodNetwork | None = None) -> None:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(cluster, workdir, ProcessTable(workdir / "pids.json", on_exit=self.wake), s3=None)
+        super().__init__(cluster, workdir, ProcessTable(workdir / "pids.json", on_exit=self.wake), s3=None,
+                         network=network)
+        self.pod_network = network
         self.kube: KubernetesCluster = cluster
         self.node_name = node_name
         self._pods: dict[str, LocalPod] = {}  # by Pod uid
@@ -150,6 +158,7 @@ class NodeStandIn(PodRunner):
             local.process = None
             self._update_pod_status(local, "Succeeded" if terminated["exitCode"] == 0 else "Failed",
                                     {"terminated": terminated})
+            self.release_network(local)
             self._done.add(uid)
             del self._pods[uid]
 
@@ -165,10 +174,6 @@ class NodeStandIn(PodRunner):
         containers = (pod.get("spec") or {}).get("containers") or [{}]
         local.container_name = str(containers[0].get("name", "main"))
         local.image = str(containers[0].get("image", ""))
-        if self._restarts(pod.get("spec") or {}):
-            # Until pods get network namespaces of their own, a server listens on a free
-            # port of the host, not on its containerPort.
-            local.port = free_port()
         return local
 
     def _update_lost(self, pod: Obj, now: datetime) -> None:
@@ -186,6 +191,7 @@ class NodeStandIn(PodRunner):
         if local.process is not None:
             self.processes.stop(local.process, grace=5.0)
             local.process = None
+        self.release_network(local)
 
     def _confirm_deletion(self, pod: Obj) -> None:
         namespace, name = _key(pod)
@@ -219,8 +225,6 @@ class NodeStandIn(PodRunner):
             "phase": phase,
             "hostIP": self.host_ip,
             "hostIPs": [{"ip": self.host_ip}],
-            "podIP": self.host_ip,
-            "podIPs": [{"ip": self.host_ip}],
             "containerStatuses": [container_status],
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
@@ -231,6 +235,8 @@ class NodeStandIn(PodRunner):
                  **({"reason": "PodCompleted"} if finished else {})},
             ],
         }
+        if pod.address is not None:
+            status.update(podIP=pod.address.ip, podIPs=[{"ip": pod.address.ip}])
         if pod.started is not None:
             status["startTime"] = timestamp(pod.started)
         try:
@@ -246,6 +252,11 @@ class NodeStandIn(PodRunner):
         self.register()
         watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True, name="pod-watch")
         watcher.start()
+        if self.pod_network is not None:
+            from mlops_operator.devcluster.services import ServiceRouting
+
+            routing = ServiceRouting(self.kube, self.pod_network)
+            threading.Thread(target=routing.run, args=(stop,), daemon=True, name="service-routing").start()
         last_heartbeat = time.monotonic()
         while not stop.is_set():
             try:
@@ -258,6 +269,8 @@ class NodeStandIn(PodRunner):
             self._wake.wait(RESYNC_SECONDS if not self._probing() else 0.2)
             self._wake.clear()
         self.processes.stop_all(grace=5.0)
+        if self.pod_network is not None:
+            self.pod_network.detach_all()
 
     def _probing(self) -> bool:
         """A server is starting: probe it more often than the resync."""
@@ -287,10 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--node-name", default=NODE_NAME)
+    parser.add_argument("--network", type=Path, help="the cluster network's plan (network.json): a netns per Pod")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cluster = KubernetesCluster.from_kubeconfig(args.kubeconfig)
-    stand_in = NodeStandIn(cluster, args.workdir, args.node_name)
+    network = NetnsPodNetwork(NetworkPlan(**json.loads(args.network.read_text()))) if args.network else None
+    stand_in = NodeStandIn(cluster, args.workdir, args.node_name, network)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (stop.set(), stand_in.wake()))

@@ -8,6 +8,11 @@ crashed server container with back-off (restartPolicy Always), and reports the P
 as the kubelet does: phase, the Ready condition, and containerStatuses with the
 `terminated` state and the termination message read from `terminationMessagePath`.
 
+Where a pod's process runs on the network is a `PodNetwork`'s business: local mode keeps
+every pod on the host's loopback with a free port per server (`HostNetwork`); the node
+stand-in gives each Pod a network namespace and address of its own
+(`mlops_operator.devcluster.network`).
+
 Which pods exist and what their end means (a Job's success, a Deployment's availability)
 is not its business: the local executor plays the controllers, and on a real control plane
 the real controllers do.
@@ -25,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlops_operator.cluster.port import Cluster, ClusterError, NotFound
 from mlops_operator.local import podspec
@@ -102,6 +107,7 @@ class LocalPod:
     port: int | None = None
     ready: bool = False
     started: datetime | None = None
+    address: PodAddress | None = None
     restarts: int = 0
     restart_at: float | None = None
     retry_at: float | None = None
@@ -113,6 +119,44 @@ class LocalPod:
     fallback_to_logs: bool = False
     mounts: dict[str, Path] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PodAddress:
+    """Where a pod's process runs: the address it answers on (status.podIP, where its
+    readiness probes go), the address its servers bind, and the command prefix that puts
+    the process into the pod's network (none: the host's)."""
+
+    ip: str
+    listen_host: str
+    command_prefix: tuple[str, ...] = ()
+
+
+class PodNetwork(Protocol):
+    """Gives pods their place on the network; `PodRunner` asks it once per pod (attach),
+    for each start of a server (server_port), and when the pod is gone (detach)."""
+
+    def attach(self, pod: LocalPod) -> PodAddress: ...
+
+    def server_port(self, pod: LocalPod, container_port: int | None) -> int: ...
+
+    def detach(self, pod: LocalPod) -> None: ...
+
+
+class HostNetwork:
+    """Local mode: every pod shares the host's loopback, so two servers cannot both have
+    their containerPort; each gets a free port of its own, kept across restarts while free."""
+
+    def attach(self, pod: LocalPod) -> PodAddress:
+        return PodAddress(podspec.LOCAL_HOST, podspec.LOCAL_HOST)
+
+    def server_port(self, pod: LocalPod, container_port: int | None) -> int:
+        if pod.port is not None and port_is_free(pod.port):
+            return pod.port
+        return free_port()
+
+    def detach(self, pod: LocalPod) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -135,12 +179,14 @@ class PodRunner:
         processes: ProcessTable,
         s3: S3Settings | None,
         clock: Callable[[], datetime] = utcnow,
+        network: PodNetwork | None = None,
     ) -> None:
         self.cluster = cluster
         self.workdir = Path(workdir)
         self.processes = processes
         self.s3 = s3
         self.clock = clock
+        self.network: PodNetwork = network if network is not None else HostNetwork()
 
     def local_url(self, url: str, namespace: str = "default") -> str:
         """An in-cluster URL as the process must call it (unchanged where the host can
@@ -176,8 +222,6 @@ class PodRunner:
                 return pod.restart_at - time.monotonic()
             if pod.retry_at is not None and time.monotonic() < pod.retry_at:
                 return pod.retry_at - time.monotonic()
-            if pod.port is None or not port_is_free(pod.port):
-                pod.port = free_port()
             self._start(pod, template, now, server=True)
             return PROBE_PERIOD
         if template is not None:
@@ -191,7 +235,8 @@ class PodRunner:
         return None
 
     def _probe(self, pod: LocalPod) -> bool:
-        url = f"http://{podspec.LOCAL_HOST}:{pod.port}{pod.readiness_path}"
+        host = pod.address.ip if pod.address is not None else podspec.LOCAL_HOST
+        url = f"http://{host}:{pod.port}{pod.readiness_path}"
         try:
             with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as response:
                 return 200 <= response.status < 400
@@ -221,10 +266,21 @@ class PodRunner:
         pod_spec = template.get("spec") or {}
         try:
             container = podspec.the_container(pod_spec)
+        except podspec.PodSpecError as error:
+            self._config_error(pod, str(error))
+            return False
+        try:
+            # The pod's sandbox: its place on the network, kept across container restarts.
+            if pod.address is None:
+                pod.address = self.network.attach(pod)
+            if server:
+                pod.port = self.network.server_port(pod, container.port)
             argv, env = self._command(pod, pod_spec, container, server)
         except podspec.PodSpecError as error:
             self._config_error(pod, str(error))
             return False
+        except OSError as error:
+            return self._start_failed(pod, error, now, server)
         pod.retry_at = None
         pod.directory.mkdir(parents=True, exist_ok=True)
         pod.termination_log.unlink(missing_ok=True)
@@ -232,16 +288,7 @@ class PodRunner:
         try:
             pod.process = self.processes.spawn(process_key(pod.namespace, pod.name), argv, env, pod.directory, pod.log_path)
         except OSError as error:
-            pod.process = None
-            terminated = {"exitCode": 128, "reason": "StartError", "message": str(error),
-                          "startedAt": timestamp(now), "finishedAt": timestamp(now)}
-            if server:
-                pod.restarts += 1
-                pod.restart_at = time.monotonic() + min(MAX_RESTART_DELAY, 2.0 ** (pod.restarts - 1))
-                self._update_pod_status(pod, "Running", {"waiting": {"reason": "CrashLoopBackOff", "message": str(error)}})
-            else:
-                self._unstartable(pod, terminated, now)
-            return False
+            return self._start_failed(pod, error, now, server)
         pod.started = now
         pod.ready = False
         pod.readiness_path = container.readiness_path or "/"
@@ -249,6 +296,24 @@ class PodRunner:
         state = {"running": {"startedAt": timestamp(now)}}
         self._update_pod_status(pod, "Running", state)
         return True
+
+    def release_network(self, pod: LocalPod) -> None:
+        """The pod is gone for good: give its place on the network back."""
+        if pod.address is not None:
+            self.network.detach(pod)
+            pod.address = None
+
+    def _start_failed(self, pod: LocalPod, error: OSError, now: datetime, server: bool) -> bool:
+        pod.process = None
+        terminated = {"exitCode": 128, "reason": "StartError", "message": str(error),
+                      "startedAt": timestamp(now), "finishedAt": timestamp(now)}
+        if server:
+            pod.restarts += 1
+            pod.restart_at = time.monotonic() + min(MAX_RESTART_DELAY, 2.0 ** (pod.restarts - 1))
+            self._update_pod_status(pod, "Running", {"waiting": {"reason": "CrashLoopBackOff", "message": str(error)}})
+        else:
+            self._unstartable(pod, terminated, now)
+        return False
 
     def _config_error(self, pod: LocalPod, message: str) -> None:
         first = pod.waiting != ("CreateContainerConfigError", message)
@@ -259,7 +324,9 @@ class PodRunner:
             self._event_for_pod(pod, "Warning", "Failed", f"Error: {message}")
 
     def _command(self, pod: LocalPod, pod_spec: Obj, container: podspec.Container, server: bool) -> tuple[list[str], dict[str, str]]:
-        env_of_pod = podspec.resolve_env(container, pod.namespace, pod.name, self._secret, self._config_map)
+        address = pod.address or PodAddress(podspec.LOCAL_HOST, podspec.LOCAL_HOST)
+        env_of_pod = podspec.resolve_env(container, pod.namespace, pod.name, self._secret, self._config_map,
+                                         pod_ip=address.ip)
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env.update(PROCESS_DEFAULT_ENV)
         pod.mounts = self._materialise_volumes(pod, pod_spec, container)
@@ -278,8 +345,8 @@ class PodRunner:
         program, *arguments = container.argv
         argv = [program, *(self.local_url(part, pod.namespace) for part in podspec.map_paths(arguments, mounts))]
         if server:
-            argv = podspec.with_listen_address(argv, int(pod.port or 0))
-        return argv, env
+            argv = podspec.with_listen_address(argv, int(pod.port or 0), address.listen_host)
+        return [*address.command_prefix, *argv], env
 
     def _materialise_volumes(self, pod: LocalPod, pod_spec: Obj, container: podspec.Container) -> dict[str, Path]:
         """Write mounted ConfigMaps and Secrets as files under the pod's folder, with

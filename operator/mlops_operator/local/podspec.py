@@ -58,6 +58,8 @@ class Container:
     env_from: tuple[Obj, ...]
     mounts: tuple[Obj, ...]
     readiness_path: str | None
+    # The port the readiness probe targets (a named port resolved), else the first containerPort.
+    port: int | None
     termination_message_path: str
     fallback_to_logs: bool
 
@@ -79,9 +81,23 @@ def the_container(pod_spec: Mapping[str, Any]) -> Container:
         env_from=tuple(container.get("envFrom") or ()),
         mounts=tuple(container.get("volumeMounts") or ()),
         readiness_path=str(http_get["path"]) if "path" in http_get else None,
+        port=container_port(container),
         termination_message_path=str(container.get("terminationMessagePath", "/dev/termination-log")),
         fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
     )
+
+
+def container_port(container: Mapping[str, Any]) -> int | None:
+    """The port a server container answers on: its readiness probe's (a port name resolved
+    against `ports`), else its first containerPort."""
+    ports = [p for p in container.get("ports") or () if "containerPort" in p]
+    probe_port = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("port")
+    if isinstance(probe_port, int) or (isinstance(probe_port, str) and probe_port.isdigit()):
+        return int(probe_port)
+    named = [int(p["containerPort"]) for p in ports if probe_port is not None and p.get("name") == probe_port]
+    if named:
+        return named[0]
+    return int(ports[0]["containerPort"]) if ports else None
 
 
 def local_argv(command: list[str], args: list[str]) -> list[str]:
@@ -158,6 +174,7 @@ def resolve_env(
     pod_name: str,
     secret: Callable[[str, str], Obj | None],
     config_map: Callable[[str, str], Obj | None],
+    pod_ip: str = LOCAL_HOST,
 ) -> dict[str, str]:
     """The container's environment as the kubelet would build it. Missing Secrets,
     ConfigMaps or keys raise PodSpecError unless marked optional."""
@@ -179,7 +196,7 @@ def resolve_env(
             env[name] = _expand(str(entry["value"]), env)
             continue
         value_from = entry.get("valueFrom") or {}
-        value = _env_value_from(value_from, namespace, pod_name, secret, config_map)
+        value = _env_value_from(value_from, namespace, pod_name, secret, config_map, pod_ip)
         if value is not None:
             env[name] = value
     return env
@@ -196,6 +213,7 @@ def _env_value_from(
     pod_name: str,
     secret: Callable[[str, str], Obj | None],
     config_map: Callable[[str, str], Obj | None],
+    pod_ip: str = LOCAL_HOST,
 ) -> str | None:
     if "secretKeyRef" in value_from:
         ref = value_from["secretKeyRef"]
@@ -210,7 +228,7 @@ def _env_value_from(
         return {
             "metadata.name": pod_name,
             "metadata.namespace": namespace,
-            "status.podIP": LOCAL_HOST,
+            "status.podIP": pod_ip,
             "status.hostIP": LOCAL_HOST,
             "spec.nodeName": "local",
         }.get(field, "")

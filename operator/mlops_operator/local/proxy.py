@@ -12,11 +12,15 @@ is sent again to another backend, so a rolling restart loses no request.
 
 `ServiceProxy` runs the ports in the calling process (the executor's tests); the local
 instance runs them in a process of their own (`ProxyProcess`, `serve`), which outlives it.
+A port and a backend are a loopback port (local mode) or an (address, port) pair: the node
+stand-in of the control-plane tier listens on ClusterIPs and forwards to Pod IPs, with the
+proxy's sockets inside the cluster's network namespace (`netns`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hmac
 import itertools
 import json
@@ -41,6 +45,29 @@ LOCAL_HOST = "127.0.0.1"
 BACKEND_WAIT_SECONDS = 10.0
 CHUNK = 65536
 REPLAY_LIMIT = 1 << 20
+# setns(2) flag: join a network namespace (Python 3.11 has no os.setns).
+CLONE_NEWNET = 0x40000000
+
+Address = tuple[str, int]
+Endpoint = int | Address
+"""A loopback port, or an (IPv4 address, port) pair."""
+
+
+def address_of(endpoint: Endpoint) -> Address:
+    return (LOCAL_HOST, endpoint) if isinstance(endpoint, int) else (str(endpoint[0]), int(endpoint[1]))
+
+
+def enter_network_namespace(path: str | os.PathLike[str]) -> None:
+    """Move the calling thread (only it: the namespace is per thread) into the network
+    namespace at `path` (`/run/netns/<name>`); sockets it creates from then on live there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(descriptor, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns({path}): {os.strerror(error)}")
+    finally:
+        os.close(descriptor)
 
 
 def free_port(host: str = LOCAL_HOST) -> int:
@@ -60,32 +87,52 @@ def port_is_free(port: int, host: str = LOCAL_HOST) -> bool:
 
 
 class ServiceProxy:
-    """TCP forwarders on loopback, run by an asyncio loop in a background thread.
+    """TCP forwarders, run by an asyncio loop in a background thread (inside the network
+    namespace at `netns` when given: every socket the loop opens lives there).
 
-    `set_backends(port, [backend ports])` opens the listening port on first use and
-    changes where new connections go; `close(port)` stops listening."""
+    `set_backends(port, [backends])` opens the listening port on first use and changes
+    where new connections go; `close(port)` stops listening. Ports and backends are
+    loopback ports or (address, port) pairs."""
 
-    def __init__(self) -> None:
+    def __init__(self, netns: str | os.PathLike[str] | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._servers: dict[int, asyncio.base_events.Server] = {}
-        self._backends: dict[int, list[int]] = {}
+        self._servers: dict[Endpoint, asyncio.base_events.Server] = {}
+        self._backends: dict[Endpoint, list[Endpoint]] = {}
         self._turn = itertools.count()
         self._changed = asyncio.Event()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="service-proxy", daemon=True)
-        self._thread.start()
+        entered: list[BaseException | None] = []
+        started = threading.Event()
 
-    def set_backends(self, port: int, backends: Iterable[int]) -> None:
+        def run() -> None:
+            try:
+                if netns is not None:
+                    enter_network_namespace(netns)
+                entered.append(None)
+            except OSError as error:
+                entered.append(error)
+                return
+            finally:
+                started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="service-proxy", daemon=True)
+        self._thread.start()
+        started.wait()
+        if entered[0] is not None:
+            raise entered[0]
+
+    def set_backends(self, port: Endpoint, backends: Iterable[Endpoint]) -> None:
         """Raises OSError when `port` cannot be listened on."""
         future = asyncio.run_coroutine_threadsafe(self._set(port, list(backends)), self._loop)
         future.result(timeout=10)
 
-    def backends(self, port: int) -> list[int]:
+    def backends(self, port: Endpoint) -> list[Endpoint]:
         return list(self._backends.get(port, []))
 
-    def ports(self) -> list[int]:
+    def ports(self) -> list[Endpoint]:
         return list(self._servers)
 
-    def close(self, port: int) -> None:
+    def close(self, port: Endpoint) -> None:
         asyncio.run_coroutine_threadsafe(self._close(port), self._loop).result(timeout=10)
 
     def stop(self) -> None:
@@ -101,30 +148,30 @@ class ServiceProxy:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _set(self, port: int, backends: list[int]) -> None:
+    async def _set(self, port: Endpoint, backends: list[Endpoint]) -> None:
         self._backends[port] = backends
         if port not in self._servers:
             self._servers[port] = await asyncio.start_server(
                 lambda reader, writer: self._forward(port, reader, writer),
-                LOCAL_HOST,
-                port,
+                *address_of(port),
                 reuse_address=True,
             )
         if backends:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def _close(self, port: int) -> None:
+    async def _close(self, port: Endpoint) -> None:
         server = self._servers.pop(port, None)
         self._backends.pop(port, None)
         if server is not None:
             server.close()
             await server.wait_closed()
 
-    async def _backend(self, port: int, refused: set[int], exclude: int | None = None) -> int | None:
+    async def _backend(self, port: Endpoint, refused: set[Address], exclude: Address | None = None
+                       ) -> Address | None:
         deadline = self._loop.time() + BACKEND_WAIT_SECONDS
         while True:
-            backends = [b for b in self._backends.get(port, []) if b not in refused and b != exclude]
+            backends = [a for a in map(address_of, self._backends.get(port, [])) if a not in refused and a != exclude]
             if backends:
                 return backends[next(self._turn) % len(backends)]
             remaining = deadline - self._loop.time()
@@ -135,21 +182,21 @@ class ServiceProxy:
             except TimeoutError:
                 refused.clear()  # a backend that refused may be back (restarted on its port)
 
-    async def _connect(self, port: int, exclude: int | None = None
+    async def _connect(self, port: Endpoint, exclude: Address | None = None
                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """A connection to a backend of `port`; one that refuses (stopping, crashed) is
         skipped for another, or for the next one to become ready."""
-        refused: set[int] = set()
+        refused: set[Address] = set()
         while True:
             backend = await self._backend(port, refused, exclude)
             if backend is None:
                 return None
             try:
-                return await asyncio.open_connection(LOCAL_HOST, backend)
+                return await asyncio.open_connection(*backend)
             except OSError:
                 refused.add(backend)
 
-    async def _forward(self, port: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _forward(self, port: Endpoint, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         connection = await self._connect(port)
         if connection is None:
             client_writer.close()
@@ -180,7 +227,7 @@ class ServiceProxy:
         except (ConnectionError, OSError):
             pass
 
-    async def _downstream(self, port: int, client_writer: asyncio.StreamWriter, exchange: _Exchange) -> None:
+    async def _downstream(self, port: Endpoint, client_writer: asyncio.StreamWriter, exchange: _Exchange) -> None:
         """Copy answers to the client. A backend that closes while a request it was sent is
         still unanswered (a server shutting down closes its idle keep-alive connections,
         racing a request sent on one) did not process it: send it to another backend."""
@@ -199,7 +246,7 @@ class ServiceProxy:
                 continue
             if not exchange.unanswered:
                 return
-            connection = await self._connect(port, exclude=exchange.backend_port)
+            connection = await self._connect(port, exclude=exchange.backend)
             if connection is None:
                 return
             exchange.switch(*connection)
@@ -222,7 +269,7 @@ class _Exchange:
     def switch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.backend_reader, self.backend_writer = reader, writer
         peer = writer.get_extra_info("peername")
-        self.backend_port = int(peer[1]) if peer else None
+        self.backend: Address | None = (str(peer[0]), int(peer[1])) if peer else None
 
     def sent(self, data: bytes) -> None:
         if self._tracking:

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,28 +57,39 @@ class TrafficReport:
 class Traffic:
     def __init__(self, url: str, rows: Sequence[Sequence[float]], labels: Sequence[Any],
                  rate: float = 20.0, seed: int = 0, timeout: float = 10.0,
-                 max_requests: int = 30000, max_seconds: float = 1800.0) -> None:
+                 max_requests: int = 30000, max_seconds: float = 1800.0, workers: int = 1) -> None:
         self.url = url.rstrip("/")
         self.rows = [list(map(float, row)) for row in rows]
         self.labels = list(labels)
-        self.interval = 1.0 / rate
+        # `workers` clients, each one request at a time at rate / workers: the total rate
+        # holds while a request takes longer than 1 / rate (a busy machine, a longer path).
+        self.interval = workers / rate
         self.timeout = timeout
         # Bounded whatever the caller forgets: at most this many requests, for this long.
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.report = TrafficReport()
-        self._random = random.Random(seed)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._begun = 0  # requests begun by all clients, for max_requests
+        self._threads = [threading.Thread(target=self._run, args=(random.Random(seed + i),), name=f"traffic-{i}",
+                                          daemon=True) for i in range(workers)]
 
     def start(self) -> Traffic:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> TrafficReport:
         self._stop.set()
-        self._thread.join(timeout=self.timeout + 5)
+        self.wait(self.timeout + 5)
         return self.snapshot()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether every client has stopped (at a bound, or after `stop`) within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def snapshot(self) -> TrafficReport:
         with self._lock:
@@ -95,11 +106,15 @@ class Traffic:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")[:200]
 
-    def _run(self) -> None:
+    def _run(self, chooser: random.Random) -> None:
         until = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and self.report.sent < self.max_requests and time.monotonic() < until:
+        while not self._stop.is_set() and time.monotonic() < until:
+            with self._lock:
+                if self._begun >= self.max_requests:
+                    break
+                self._begun += 1
             started, sent_at = time.monotonic(), time.time()
-            index = self._random.randrange(len(self.rows))
+            index = chooser.randrange(len(self.rows))
             try:
                 code, body = self._post("/predict", {"instances": [self.rows[index]]})
             except (OSError, ValueError) as error:
@@ -141,16 +156,30 @@ class Sighting:
     phase: str | None
     stage: str | None
     champion: str | None
+    weight: int | None = None  # status.traffic.challenger: the share the challenger gets
+
+    @classmethod
+    def of(cls, time: float, status: dict[str, Any]) -> Sighting:
+        return cls(time, status.get("phase"), status.get("rolloutStage"), status.get("champion"),
+                   (status.get("traffic") or {}).get("challenger"))
+
+    def same_as(self, other: Sighting) -> bool:
+        return (self.phase, self.stage, self.champion, self.weight) == \
+            (other.phase, other.stage, other.champion, other.weight)
 
 
 class StatusWatch:
-    """Polls one InferenceService of a local instance (through its control API) in a
-    background thread and keeps every change of (phase, rolloutStage, champion). An
-    instance that is down is looked for again on the next poll (a restart is watched on)."""
+    """Polls one InferenceService's status in a background thread and keeps every change of
+    (phase, rolloutStage, champion, challenger weight). By default it reads a local
+    instance's (through its control API); `read` (a callable returning the status, or None
+    while there is none) reads it from elsewhere, e.g. a real API server. A source that is
+    down is asked again on the next poll (a restart is watched on)."""
 
-    def __init__(self, state_dir: Path, name: str, namespace: str = "default", period: float = 0.1) -> None:
-        self.state_dir = Path(state_dir)
+    def __init__(self, state_dir: Path | None = None, name: str = "", namespace: str = "default",
+                 period: float = 0.1, *, read: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.name, self.namespace, self.period = name, namespace, period
+        self._source = read or self._read
         self.sightings: list[Sighting] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status-watch", daemon=True)
@@ -173,6 +202,7 @@ class StatusWatch:
         from mlops_operator.local import client
         from mlops_operator.local.state import StateDir
 
+        assert self.state_dir is not None, "StatusWatch: give a local state folder or `read`"
         control = client.attach(StateDir(self.state_dir))
         if control is None:
             return None
@@ -184,13 +214,12 @@ class StatusWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status = self._read()
+                status = self._source()
             except (OSError, ValueError):
                 status = None
             if status is not None:
-                seen = Sighting(time.time(), status.get("phase"), status.get("rolloutStage"), status.get("champion"))
-                last = self.sightings[-1] if self.sightings else None
-                if last is None or (last.phase, last.stage, last.champion) != (seen.phase, seen.stage, seen.champion):
+                seen = Sighting.of(time.time(), status)
+                if not self.sightings or not self.sightings[-1].same_as(seen):
                     self.sightings.append(seen)
             self._stop.wait(self.period)
 
