@@ -1,24 +1,26 @@
 """Adaptive batching: requests waiting for the model under concurrency share one inference call.
 
-The rule, chosen so that batching never adds latency at low load:
+Batching never makes a lone request wait for company: there is no timer on its path.
 
-- When no call is in flight, a request's rows go to the inference thread at once: no timer,
-  no waiting for company.
-- While a call is in flight, arriving requests queue. When the call finishes, the queue (up to
-  `max_rows` rows, oldest first) goes to the thread as one call and the rows are split back.
-- A queue collects for at most `max_delay` seconds: when its first request has waited that
-  long and the call ahead is still running, the queue is closed and sent behind that call,
-  and later arrivals start a new one. A batch therefore holds only requests that arrived
-  within `max_delay` of each other (and at most `max_rows` rows), which bounds how long its
-  call can take.
-
-Inference runs on one worker thread, off the event loop, so requests can be read and parsed
-(and queue) while the model computes; ONNX Runtime and numpy release the GIL.
+- Default, on the event loop: the first request to queue schedules a call for the next loop
+  turn (`call_soon`, not a timer). Every request the loop reads and parses in the meantime
+  joins that call (up to `max_rows` rows, oldest first; a remainder runs on the turn after).
+  While the call runs, new requests wait in the socket buffers, exactly as they would without
+  batching, and join the next call. At low load the queue holds one request and runs at once.
+- `thread=True`, on one worker thread (ONNX Runtime and numpy release the GIL, so requests are
+  read while the model computes): when no call is in flight a request goes to the thread at
+  once; while one is in flight, arriving requests queue, and when it finishes the queue (up to
+  `max_rows` rows) goes as one call. A queue collects for at most `max_delay` seconds: when its
+  first request has waited that long behind a running call, the queue is closed and sent
+  behind it, so a batch only holds requests that arrived within `max_delay` of each other.
+  On one core the hand-off to the thread and back costs more than it saves (measured in
+  docs/serving.md, "Batching"), hence not the default.
 
 Requests are checked one by one before they queue (serve.py), so one bad request cannot fail
 its neighbours; requests whose arrays cannot be stacked (another predictor, another layout,
 dtype or width) run as their own calls; and when a stacked call raises, each request is run
-alone so each gets its own answer or error.
+alone so each gets its own answer or error. A stacked row's probabilities can differ from the
+same row predicted alone in the last bit (a sum over a matrix is not summed in the same order).
 """
 
 from __future__ import annotations
@@ -94,18 +96,20 @@ def run_requests(predictors: Sequence[Predictor], batches: Sequence[Batch],
                  on_call: Callable[[int], None] = lambda rows: None) -> list[Outcome]:
     """Every request's prediction or exception, with as few calls as stacking allows (blocking;
     the worker thread runs it). `on_call(rows)` is told each call's size."""
+    if len(batches) == 1:  # the low-load case: nothing to stack or split
+        return [_one(predictors[0], batches[0], on_call)]
     outcomes: list[Outcome | None] = [None] * len(batches)
     for group in groups([stack_key(p, b) for p, b in zip(predictors, batches)]):
         predictor = predictors[group[0]]
         members = [batches[i] for i in group]
-        try:
-            stacked = concat(members)
-            on_call(stacked.rows)
-            answers: list[Outcome] = split(predictor.predict(stacked), [b.rows for b in members])
-        except Exception:
-            if len(group) == 1:
-                answers = [_one(predictor, members[0], lambda rows: None)]  # already counted
-            else:  # someone's rows broke the call: each request alone, each its own answer
+        if len(group) == 1:
+            answers: list[Outcome] = [_one(predictor, members[0], on_call)]
+        else:
+            try:
+                stacked = concat(members)
+                on_call(stacked.rows)
+                answers = split(predictor.predict(stacked), [b.rows for b in members])
+            except Exception:  # someone's rows broke the call: each request alone, each its own answer
                 answers = [_one(predictor, b, on_call) for b in members]
         for position, answer in zip(group, answers):
             outcomes[position] = answer
@@ -132,27 +136,35 @@ class _Waiting:
 
 @dataclass
 class Batcher:
-    """`await batcher.predict(predictor, batch)` from the event loop; see the module doc."""
+    """`await batcher.predict(predictor, batch)` from the event loop; the two modes are in the
+    module doc. `max_delay` applies to the thread mode (the loop mode has no timer at all)."""
 
     max_rows: int = DEFAULT_MAX_ROWS
     max_delay: float = DEFAULT_MAX_DELAY_MS / 1000
+    thread: bool = False
     initializer: Callable[[], None] | None = None   # per-thread setup (scikit-learn's config is per thread)
     on_call: Callable[[int], None] = lambda rows: None
     calls_in_flight: int = 0
     unanswered: int = 0       # requests taken and not answered yet (queued or in a call)
     queue: list[_Waiting] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    turn: asyncio.Handle | None = None   # the loop turn that runs the queue (thread=False)
     _executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="inference", initializer=self.initializer)
+        if self.thread:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="inference", initializer=self.initializer)
 
     async def predict(self, predictor: Predictor, batch: Batch) -> Prediction:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(predictor, batch, loop.create_future())
         self.unanswered += 1
-        if self.calls_in_flight == 0 and not self.queue:
+        if not self.thread:
+            self.queue.append(waiting)
+            if self.turn is None:  # the next loop turn, not a timer: a lone request does not wait
+                self.turn = loop.call_soon(self._run_here, loop)
+        elif self.calls_in_flight == 0 and not self.queue:
             self._submit(loop, [waiting])  # nothing to wait for: run now
         else:
             self.queue.append(waiting)
@@ -163,9 +175,23 @@ class Batcher:
         return await waiting.future
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for handle in (self.timer, self.turn):
+            if handle is not None:
+                handle.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _take(self) -> list[_Waiting]:
+        count = take([w.batch.rows for w in self.queue], self.max_rows)
+        taken, self.queue = self.queue[:count], self.queue[count:]
+        return taken
+
+    def _run_here(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.turn = None
+        taken = self._take()
+        self._answer(taken, run_requests([w.predictor for w in taken], [w.batch for w in taken], self.on_call))
+        if self.queue:
+            self.turn = loop.call_soon(self._run_here, loop)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send the oldest queued requests (up to max_rows) to the thread, behind any call in
@@ -175,9 +201,7 @@ class Batcher:
             self.timer = None
         if not self.queue:
             return
-        count = take([w.batch.rows for w in self.queue], self.max_rows)
-        taken, self.queue = self.queue[:count], self.queue[count:]
-        self._submit(loop, taken)
+        self._submit(loop, self._take())
         if self.queue:
             self.timer = loop.call_later(self.max_delay, self._flush, loop)
 
@@ -192,11 +216,16 @@ class Batcher:
     def _finished(self, loop: asyncio.AbstractEventLoop, taken: list[_Waiting],
                   done: concurrent.futures.Future[list[Outcome]]) -> None:
         self.calls_in_flight -= 1
-        self.unanswered -= len(taken)
         try:
             outcomes: list[Any] = done.result()
         except BaseException as error:  # the executor itself failed (shut down)
             outcomes = [error] * len(taken)
+        self._answer(taken, outcomes)
+        if self.calls_in_flight == 0 and self.queue:
+            self._flush(loop)
+
+    def _answer(self, taken: list[_Waiting], outcomes: list[Any]) -> None:
+        self.unanswered -= len(taken)
         for waiting, outcome in zip(taken, outcomes):
             if waiting.future.done():  # the client went away
                 continue
@@ -204,8 +233,6 @@ class Batcher:
                 waiting.future.set_exception(outcome)
             else:
                 waiting.future.set_result(outcome)
-        if self.calls_in_flight == 0 and self.queue:
-            self._flush(loop)
 
 
 def batch_size_histogram(registry: CollectorRegistry, model: str, version: str, role: str) -> Callable[[int], None]:

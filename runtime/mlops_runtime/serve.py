@@ -116,6 +116,7 @@ class ServeConfig:
     log_level: str = "info"
     max_batch_rows: int = batching.DEFAULT_MAX_ROWS     # 1 turns batching off (inference on the event loop)
     max_batch_delay_ms: float = batching.DEFAULT_MAX_DELAY_MS
+    inference_thread: bool = False   # batch calls on a worker thread instead of the event loop
 
     def sibling(self, name: str) -> str:
         return self.model_uri.rsplit("/", 1)[0] + "/" + name
@@ -300,7 +301,8 @@ class ModelServer:
             log.warning("no baseline.json next to %s: drift is not measured", self.config.model_uri)
         if self.config.max_batch_rows > 1:
             self.batcher = batching.Batcher(self.config.max_batch_rows, self.config.max_batch_delay_ms / 1000,
-                                            initializer=quiet_sklearn, on_call=self.observe_call)
+                                            thread=self.config.inference_thread, initializer=quiet_sklearn,
+                                            on_call=self.observe_call)
         self.loaded = loaded
         self.not_ready_reason = ""
         log.info("model %s version %s (%s) ready: %s", self.config.name, self.config.version,
@@ -648,6 +650,9 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
                    default=float(os.environ.get("MLOPS_MAX_BATCH_DELAY_MS", batching.DEFAULT_MAX_DELAY_MS)),
                    help="longest a batch collects requests behind a running call "
                         f"(env MLOPS_MAX_BATCH_DELAY_MS, default {batching.DEFAULT_MAX_DELAY_MS})")
+    p.add_argument("--inference-thread", action="store_true",
+                   default=os.environ.get("MLOPS_INFERENCE_THREAD", "") in ("1", "true"),
+                   help="run batched calls on a worker thread (worth it with a spare core; env MLOPS_INFERENCE_THREAD)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     if bool(a.onnx_uri) != bool(a.onnx_sha256):
@@ -663,6 +668,7 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
         max_body_bytes=a.max_body_bytes, feedback_capacity=a.feedback_capacity,
         drift_interval=a.drift_interval, drift_window=a.drift_window, drift_min_rows=a.drift_min_rows,
         log_level=a.log_level, max_batch_rows=a.max_batch_rows, max_batch_delay_ms=a.max_batch_delay_ms,
+        inference_thread=a.inference_thread,
     )
 
 

@@ -1,7 +1,9 @@
 """Adaptive batching (mlops_runtime.batching): who shares a call, and what each request gets back.
 
-A fake predictor records every call and can hold the first one open, so a test decides
-exactly which requests arrive while a call is in flight; nothing here measures time.
+A fake predictor records every call. On the worker thread (`thread=True`) it can hold the first
+call open, so a test decides exactly which requests arrive while a call is in flight; on the
+event loop (the default) requests arriving in the same loop turn share a call. Nothing here
+measures time.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ async def with_first_call_held(batcher: Batcher, predictor: Recorder, first: Bat
 
 
 async def test_concurrent_requests_share_a_call_and_each_gets_its_own_rows() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER)
+    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER, thread=True)
     answers = await with_first_call_held(batcher, predictor, matrix([1, 1]),
                                          [matrix([2, 0]), matrix([3, 1], [4, 1]), matrix([5, 5])])
     assert predictor.calls == [1, 4]  # 4 requests, 2 calls
@@ -79,7 +81,7 @@ async def test_concurrent_requests_share_a_call_and_each_gets_its_own_rows() -> 
 
 
 async def test_a_lone_request_runs_at_once_without_a_timer() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER)
+    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER, thread=True)
     task = asyncio.create_task(batcher.predict(predictor, matrix([7, 0])))
     await asyncio.to_thread(predictor.started.wait, 30)  # it reached the model with NEVER as its delay
     assert batcher.timer is None and not batcher.queue and batcher.calls_in_flight == 1
@@ -90,7 +92,7 @@ async def test_a_lone_request_runs_at_once_without_a_timer() -> None:
 
 
 async def test_requests_that_cannot_be_stacked_are_not_mixed() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER)
+    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER, thread=True)
     wide = matrix([2, 0, 1])
     integers = Batch.of_matrix(np.asarray([[4, 1]], dtype=np.int64))
     answers = await with_first_call_held(batcher, predictor, matrix([1, 1]),
@@ -102,7 +104,7 @@ async def test_requests_that_cannot_be_stacked_are_not_mixed() -> None:
 
 
 async def test_one_bad_request_does_not_fail_the_others() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER)
+    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=NEVER, thread=True)
     answers = await with_first_call_held(batcher, predictor, matrix([1, 1]),
                                          [matrix([2, 0]), matrix([-1, 0]), matrix([3, 0])])
     assert predictor.calls == [1, 3, 1, 1, 1]  # the stacked call raised: each request alone
@@ -112,7 +114,7 @@ async def test_one_bad_request_does_not_fail_the_others() -> None:
 
 
 async def test_a_call_takes_at_most_max_rows_oldest_first() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=3, max_delay=NEVER)
+    predictor, batcher = Recorder(), Batcher(max_rows=3, max_delay=NEVER, thread=True)
     answers = await with_first_call_held(batcher, predictor, matrix([1, 1]),
                                          [matrix([2, 0], [3, 0]), matrix([4, 0], [5, 0]), matrix([6, 0])])
     assert predictor.calls == [1, 2, 3]
@@ -121,7 +123,7 @@ async def test_a_call_takes_at_most_max_rows_oldest_first() -> None:
 
 
 async def test_the_delay_bound_closes_a_queue_behind_a_long_call() -> None:
-    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=0.0)
+    predictor, batcher = Recorder(), Batcher(max_rows=64, max_delay=0.0, thread=True)
     first = asyncio.create_task(batcher.predict(predictor, matrix([1, 1])))
     await asyncio.to_thread(predictor.started.wait, 30)
     second = asyncio.create_task(batcher.predict(predictor, matrix([2, 2])))
@@ -137,7 +139,7 @@ async def test_the_delay_bound_closes_a_queue_behind_a_long_call() -> None:
 async def test_each_call_is_reported_with_its_rows() -> None:
     seen: list[int] = []
     predictor = Recorder()
-    batcher = Batcher(max_rows=64, max_delay=NEVER, on_call=seen.append)
+    batcher = Batcher(max_rows=64, max_delay=NEVER, thread=True, on_call=seen.append)
     await with_first_call_held(batcher, predictor, matrix([1, 1]), [matrix([2, 0]), matrix([3, 0])])
     assert seen == [1, 2]
     batcher.close()
@@ -155,3 +157,52 @@ def test_categorical_columns_stack_and_split_back() -> None:
 @pytest.mark.parametrize(("rows", "limit", "taken"), [([5], 2, 1), ([1, 1, 1], 2, 2), ([2, 1], 3, 2), ([3, 1], 2, 1)])
 def test_take_is_at_least_one_request_then_what_fits(rows: list[int], limit: int, taken: int) -> None:
     assert batching.take(rows, limit) == taken
+
+
+# -- the default: calls on the event loop -----------------------------------------------------
+
+
+async def test_on_the_loop_requests_of_one_turn_share_a_call() -> None:
+    predictor, batcher = Recorder(hold_first=False), Batcher(max_rows=64, max_delay=NEVER)
+    answers = await asyncio.gather(*(batcher.predict(predictor, b) for b in
+                                     (matrix([1, 1]), matrix([2, 0], [3, 0]), matrix([4, 4]))))
+    assert predictor.calls == [4]
+    assert [a.labels.tolist() for a in answers] == [[10], [20, 30], [40]]
+    assert answers[2].probabilities.tolist() == [[4, 8]]
+
+
+async def test_on_the_loop_a_lone_request_runs_on_the_next_turn_without_a_timer() -> None:
+    predictor, batcher = Recorder(hold_first=False), Batcher(max_rows=64, max_delay=NEVER)
+    task = asyncio.create_task(batcher.predict(predictor, matrix([7, 0])))
+    await asyncio.sleep(0)  # the task ran up to its wait: one call scheduled for the next turn
+    assert batcher.turn is not None and batcher.timer is None and predictor.calls == []
+    await asyncio.sleep(0)
+    assert predictor.calls == [1]  # the turn right after, no timer in between
+    assert (await task).labels.tolist() == [70]
+
+
+async def test_on_the_loop_mismatched_and_bad_requests_keep_their_own_answers() -> None:
+    predictor, batcher = Recorder(hold_first=False), Batcher(max_rows=2, max_delay=NEVER)
+    answers = await asyncio.gather(*(batcher.predict(predictor, b) for b in
+                                     (matrix([1, 0]), matrix([-1, 0]), matrix([2, 0, 0]), matrix([3, 0]))),
+                                   return_exceptions=True)
+    # max_rows 2: [1,0]+[-1,0] (raises, then each alone), then [2,0,0] and [3,0] (cannot stack)
+    assert predictor.calls == [2, 1, 1, 1, 1]
+    assert answers[0].labels.tolist() == [10] and isinstance(answers[1], ValueError)
+    assert answers[2].labels.tolist() == [20] and answers[3].labels.tolist() == [30]
+
+
+def test_the_flags_default_to_batching_on_the_loop_and_read_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlops_runtime.serve import parse_args
+
+    required = ["--model-uri", "m.skops", "--sha256", "0" * 64]
+    config = parse_args(required)
+    assert (config.max_batch_rows, config.max_batch_delay_ms, config.inference_thread) == (
+        batching.DEFAULT_MAX_ROWS, batching.DEFAULT_MAX_DELAY_MS, False)
+    monkeypatch.setenv("MLOPS_MAX_BATCH_ROWS", "1")
+    monkeypatch.setenv("MLOPS_INFERENCE_THREAD", "1")
+    config = parse_args(required)
+    assert config.max_batch_rows == 1 and config.inference_thread
+    assert parse_args([*required, "--max-batch-rows", "32", "--max-batch-delay-ms", "5"]).max_batch_delay_ms == 5
+    with pytest.raises(SystemExit):
+        parse_args([*required, "--max-batch-rows", "0"])
