@@ -26,8 +26,9 @@ Tables (`--only main,workers,batching,router`):
 - workers: ours (ONNX form), iris 1 row, `--workers` 1 against 2, server and wrk on both cores.
 - batching: the forest, 1 row, 64 connections: ours with batching off (`--max-batch-rows 1`)
   and on (the default), on both forms, against MLServer with its adaptive batching on
-  (`max_batch_size` 64, `max_batch_time` 2 ms); then ours at 1 connection, off against on,
-  for the check that batching leaves a lone request's p50 alone.
+  (`max_batch_size` 64, `max_batch_time` 2 ms); then ours at 1 connection, off against on
+  (two alternated rounds each, the better kept), for the check that batching leaves a lone
+  request's p50 alone.
 - router: ours (ONNX form) on iris, 1 row, alone and behind `python -m mlops_runtime.router`
   (on CPU 1 beside wrk, as its own pod would be), at 1 and 16 connections; CPU per request is
   the champion's plus the router's.
@@ -73,6 +74,7 @@ PEER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0",
                  "uvicorn", "joblib"]
 SERVER_CPU, LOAD_CPU, BOTH = "0", "1", "0-1"
 CONCURRENCY, BATCH_CONCURRENCY = 16, 64
+C1_ROUNDS = 2  # alternated off/on rounds of the 1-connection batching check
 MODELS = ("iris", "cancer")
 MODEL_TITLES = {"iris": "iris LR", "cancer": "cancer RF(100)"}
 ROWS = (1, 100)
@@ -617,9 +619,17 @@ def run_batching(bench: Bench, models: dict[str, ModelFiles], peer: Path | None,
             results["batching/mlserver"] = bench.case([s], s.url + path, body, BATCH_CONCURRENCY)
         rows["MLServer 1.7.1, max_batch_size 64, max_batch_time 2 ms"] = [None, results["batching/mlserver"]]
     table(f"cancer RF(100), 1 row, {BATCH_CONCURRENCY} connections", ["batching off", "batching on"], rows)
-    for state, extra in (("off", off), ("on", ())):
-        with running(lambda e=extra, k=state: ours(f"batch-c1-{k}", cancer, True, logs, extra=e)) as (s,):
-            results[f"batching/c1/{state}"] = bench.case([s], s.url + path, body, 1)
+    # The p50 check compares a few hundred microseconds: off and on alternate, both servers up
+    # (an idle one costs the core nothing), and each keeps its better round, so a neighbour's
+    # burst of load during one case cannot decide it.
+    with running(lambda: ours("batch-c1-off", cancer, True, logs, extra=off),
+                 lambda: ours("batch-c1-on", cancer, True, logs)) as pair:
+        rounds: dict[str, list[Case]] = {"off": [], "on": []}
+        for _ in range(C1_ROUNDS):
+            for state, s in zip(("off", "on"), pair):
+                rounds[state].append(bench.case([s], s.url + path, body, 1))
+        for state, cases in rounds.items():
+            results[f"batching/c1/{state}"] = min(cases, key=lambda c: (bool(c.failed), c.p50_ms))
     table("cancer RF(100), 1 row, 1 connection", ["batching off", "batching on"],
           {"ours (ONNX form)": [results["batching/c1/off"], results["batching/c1/on"]]})
     if ok(results["batching/c1/off"]) and ok(results["batching/c1/on"]):
