@@ -1,7 +1,7 @@
 """Serving benchmark: our model server beside MLServer and a bare Starlette floor, in figures
 that cannot flatter.
 
-    .venv/bin/python bench/serving.py                      # the full run, about 11 minutes
+    .venv/bin/python bench/serving.py                      # the full run, about 12 minutes
     .venv/bin/python bench/serving.py --quick              # 2 s warm-up + 5 s per case, a smoke test
     .venv/bin/python bench/serving.py --only batching,router
 
