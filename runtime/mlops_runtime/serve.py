@@ -114,7 +114,7 @@ class ServeConfig:
     drift_min_rows: int = 100
     load_retry_max_seconds: float = 30.0
     log_level: str = "info"
-    max_batch_rows: int = batching.DEFAULT_MAX_ROWS     # 1 turns batching off (inference on the event loop)
+    max_batch_rows: int = batching.DEFAULT_MAX_ROWS     # 1 turns batching off (one call per request, as before)
     max_batch_delay_ms: float = batching.DEFAULT_MAX_DELAY_MS
     inference_thread: bool = False   # batch calls on a worker thread instead of the event loop
 
