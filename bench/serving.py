@@ -1,38 +1,48 @@
-"""Serving benchmark: our model server side by side with MLServer and a plain FastAPI server.
+"""Serving benchmark: our model server beside MLServer and a bare Starlette floor, in figures
+that cannot flatter.
 
-    .venv/bin/python bench/serving.py            # 3 runs x 10 s per cell, medians
-    .venv/bin/python bench/serving.py --quick    # 1 run x 5 s, a smoke test
+    .venv/bin/python bench/serving.py                      # the full run, about 12 minutes
+    .venv/bin/python bench/serving.py --quick              # 2 s warm-up + 5 s per case, a smoke test
+    .venv/bin/python bench/serving.py --only batching,router
 
-Every server gets the same model files (iris LogisticRegression; breast_cancer RandomForest of
-100 trees; wine StandardScaler + SVC, a pipeline saved and served as one model), the same
-request bytes (an Open Inference Protocol v2 infer body of 1 or 100 rows, as JSON, and for the
-"binary V2" rows with the tensor in the binary tensor extension, as tritonclient sends it by
-default: FP64 bytes after the JSON header, `Inference-Header-Content-Length`, outputs asked for
-in binary) and the same load generator (`wrk -t1 -c16`). Servers are pinned to CPU 0 with `taskset`, wrk
-to CPU 1. Each cell (model x rows) is measured on every server back to back, run after run, so
-a burst of load from elsewhere hits the servers alike; the medians of the runs are printed as
-a Markdown table.
+Every case reports requests/s, p50/p99 **and the server's CPU time per request**: utime +
+stime from /proc/<pid>/stat (which already includes every thread of the process, the exited
+ones too) of each of the server's processes, its children included (MLServer's inference
+worker, uvicorn's workers), read before and after the measured wrk run, divided by the 2xx
+answers wrk counted. CPU per request is the steadier figure on a shared machine: req/s falls
+when a neighbour takes the core, CPU per request mostly does not.
 
-Servers:
-- ours (ONNX form): `python -m mlops_runtime.serve` with the ONNX form (parity checked).
-- ours (skops form): the same server on the scikit-learn form.
-- MLServer 1.7.1 + mlserver-sklearn, default settings (`parallel_workers` 1), and with
-  `parallel_workers` 0 (inference in the HTTP process, its fastest setting here).
-- FastAPI + uvicorn + scikit-learn: a server of a few lines, for reference (JSON only).
-A binary V2 cell a server refuses (any answer but 200 to the first request) shows as
-"not supported" with its status, rather than as a speed.
-The router's added latency is measured at concurrency 1 and 16: wrk through
-`python -m mlops_runtime.router` to ours (ONNX) against wrk straight to it. The router runs on
-CPU 1 beside wrk (in a cluster it is its own pod), so the model server keeps CPU 0 to itself
-in both measurements.
+A case fails (shown as FAIL with the reason, never as a speed) when wrk saw any non-2xx
+answer or socket error. It is flagged when any thread of the server may run on a core other
+than the pinned one (Cpus_allowed_list of every /proc/<pid>/task/<tid>/status), or when the
+server's CPU time exceeds the wall time x the cores it may use (it then ran on more cores
+than the case says). Only 2xx answers count towards requests/s.
 
-MLServer pins packages that conflict with ours, so it lives in its own environment under
-`.bench/mlserver`, which the benchmark creates on its first run with pip from PyPI
-(`mlserver==1.7.1 mlserver-sklearn==1.7.1`, our scikit-learn version; uvloop < 0.22, see
-PERFORMANCE.md section 8); nothing needs installing by hand but wrk. It loads
-pickled (joblib) models: the benchmark writes the same fitted model as joblib for it and for
-the FastAPI reference. Our server loads only the skops and ONNX files. wrk comes from Debian:
-`apt-get update && apt-get install -y wrk`.
+Tables (`--only main,workers,batching,router`):
+- main: rows = servers, columns = iris LogisticRegression 1 / 100 rows, breast_cancer
+  RandomForest(100) 1 / 100 rows; `wrk -t1 -c16` on CPU 1, the server pinned to CPU 0.
+  Servers: ours (ONNX form), ours (skops form), MLServer 1.7.1 + mlserver-sklearn with its
+  default settings, and Starlette + uvicorn + httptools calling `predict`: the bare floor.
+- workers: ours (ONNX form), iris 1 row, `--workers` 1 against 2, server and wrk on both cores.
+- batching: the forest, 1 row, 64 connections: ours with batching off (`--max-batch-rows 1`)
+  and on (the default), on both forms, against MLServer with its adaptive batching on
+  (`max_batch_size` 64, `max_batch_time` 2 ms); then ours at 1 connection, off against on
+  (two alternated rounds each, the better kept), for the check that batching leaves a lone
+  request's p50 alone.
+- router: ours (ONNX form) on iris, 1 row, alone and behind `python -m mlops_runtime.router`
+  (on CPU 1 beside wrk, as its own pod would be), at 1 and 16 connections; CPU per request is
+  the champion's plus the router's.
+The last line is the issue's targets with pass/fail.
+
+The ONNX Runtime thread settings our server runs with are read from its model metadata
+(`parameters.onnx_threads`) and printed with the thread count of its process.
+
+MLServer pins packages that conflict with ours, so it (and Starlette) lives in its own
+environment under `.bench/mlserver`, which the benchmark creates on its first run with pip
+from PyPI (`mlserver==1.7.1 mlserver-sklearn==1.7.1`, our scikit-learn version; uvloop < 0.22,
+see PERFORMANCE.md section 8). It loads pickled (joblib) models: the benchmark writes the same
+fitted model as joblib for the peers. Our server loads only the skops and ONNX files. wrk comes
+from Debian: `apt-get update && apt-get install -y wrk`.
 """
 
 from __future__ import annotations
@@ -43,70 +53,236 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime")]
 
-from mlops_runtime.serving_process import ServerProcess, free_port, http_get  # noqa: E402
+from mlops_runtime.serving_process import free_port, http_get  # noqa: E402
 
 BENCH = ROOT / ".bench"
 PEER_VENV = BENCH / "mlserver"
-PEER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0", "httptools", "fastapi",
+PEER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0", "httptools", "starlette",
                  "uvicorn", "joblib"]
-SERVER_CPU, LOAD_CPU = 0, 1
-CONCURRENCY = 16
-MODELS = ("iris", "cancer", "wine")
-MODEL_TITLES = {"iris": "iris LR", "cancer": "cancer RF(100)", "wine": "wine scaler+SVC pipeline"}
-ENCODINGS = ("JSON", "binary V2")
-BATCHES = (1, 100)
+SERVER_CPU, LOAD_CPU, BOTH = "0", "1", "0-1"
+CONCURRENCY, BATCH_CONCURRENCY = 16, 64
+C1_ROUNDS = 2  # alternated off/on rounds of the 1-connection batching check
+MODELS = ("iris", "cancer")
+MODEL_TITLES = {"iris": "iris LR", "cancer": "cancer RF(100)"}
+ROWS = (1, 100)
+TABLES = ("main", "workers", "batching", "router")
+WRK_TIMEOUT_S = 10  # a slow answer is measured (p99), not dropped from the latencies as a timeout
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-FASTAPI_REFERENCE = '''
+STARLETTE_FLOOR = '''
 import json, os
 import joblib, numpy as np
-from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 MODELS = {name: joblib.load(path) for name, path in json.loads(os.environ["BENCH_MODELS"]).items()}
-app = FastAPI()
 
 
-@app.get("/v2/health/ready")
-async def ready():
-    return {"ready": True}
+async def ready(request):
+    return JSONResponse({"ready": True})
 
 
-@app.post("/v2/models/{name}/infer")
-async def infer(name: str, request: Request):
+async def infer(request):
+    name = request.path_params["name"]
     tensor = (await request.json())["inputs"][0]
     X = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
     y = MODELS[name].predict(X)
-    return {"model_name": name, "outputs": [{"name": "predict", "datatype": "INT64", "shape": [len(y)],
-                                             "data": y.tolist()}]}
+    return JSONResponse({"model_name": name, "outputs": [{"name": "predict", "datatype": "INT64",
+                                                          "shape": [len(y)], "data": y.tolist()}]})
+
+
+app = Starlette(routes=[Route("/v2/health/ready", ready), Route("/v2/models/{name}/infer", infer, methods=["POST"])])
 '''
 
 WRK_SCRIPT = '''
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
+wrk.headers["Content-Type"] = "application/json"
 f:close()
-local json_length = os.getenv("BENCH_JSON_LENGTH")
-if json_length then
-  wrk.headers["Content-Type"] = "application/octet-stream"
-  wrk.headers["Inference-Header-Content-Length"] = json_length
-else
-  wrk.headers["Content-Type"] = "application/json"
-end
 '''
 
 
-# -- environment -------------------------------------------------------------------------------
+# -- /proc: CPU time, processes, affinity (pure readers) -----------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int(stat_fields(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def stat_fields(pid: int, task: str = "") -> list[str]:
+    """/proc/<pid>[/task/<tid>]/stat after the command name: field 3 (state) comes first."""
+    text = Path(f"/proc/{pid}{task}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime per process (all its threads, live and exited)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = stat_fields(pid)
+        except OSError:  # gone
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
+def allowed_cpus(pid: int) -> dict[str, str]:
+    """Cpus_allowed_list of every thread of `pid`, by thread id."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        found[task.name] = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.M).group(1)
+    return found
+
+
+def cpu_count_of(cpus: str) -> int:
+    total = 0
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        total += int(high or low) - int(low) + 1
+    return total
+
+
+def affinity_problems(pids: list[int], pinned: str) -> list[str]:
+    problems = []
+    for pid in pids:
+        try:
+            per_thread = allowed_cpus(pid)
+        except OSError:
+            continue
+        stray = sorted({cpus for cpus in per_thread.values() if cpus != pinned})
+        if stray:
+            problems.append(f"pid {pid} may run on CPUs {','.join(stray)}, not {pinned}")
+    return problems
+
+
+def thread_count(pids: list[int]) -> int:
+    return sum(len(list(Path(f"/proc/{pid}/task").iterdir())) for pid in pids if Path(f"/proc/{pid}").exists())
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class Wrk:
+    requests: int          # answers wrk counted, any status
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def parse_wrk(text: str) -> Wrk:
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", text)
+    seconds = float(done.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+
+    def percentile(p: str) -> float:
+        found = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(found.group(1)) * UNITS[found.group(2)]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return Wrk(int(done.group(1)), seconds, percentile("50"), percentile("99"),
+               int(non_2xx.group(1)) if non_2xx else 0, sum(int(g) for g in sockets.groups()) if sockets else 0)
+
+
+@dataclass
+class Case:
+    """One measured case; `failed` (non-2xx, socket errors) makes its speed meaningless."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float          # server CPU per 2xx answer
+    failed: str = ""
+    flags: list[str] = field(default_factory=list)
+
+
+def judge(run: Wrk, cpu: float, wall: float, cores: int, affinity: list[str]) -> Case:
+    """Only 2xx answers count; any other answer or a socket error fails the case."""
+    good = run.requests - run.non_2xx
+    failed = []
+    if run.non_2xx:
+        failed.append(f"{run.non_2xx} non-2xx answers")
+    if run.socket_errors:
+        failed.append(f"{run.socket_errors} socket errors")
+    flags = list(affinity)
+    if cpu > wall * cores * 1.02:  # 2 % for clock-tick rounding
+        flags.append(f"server CPU {cpu:.1f} s > wall {wall:.1f} s x {cores} core(s)")
+    return Case(good / run.seconds if run.seconds else 0.0, run.p50_ms, run.p99_ms,
+                cpu / good * 1e6 if good else float("inf"), "; ".join(failed), flags)
+
+
+@dataclass
+class Bench:
+    wrk: str
+    script: Path
+    warmup: float
+    seconds: float
+
+    def _wrk(self, url: str, body: Path, seconds: float, connections: int, cpus: str) -> Wrk:
+        command = ["taskset", "-c", cpus, self.wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                   "--timeout", f"{WRK_TIMEOUT_S}s",
+                   "--latency", "-s", str(self.script), url]
+        done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True,
+                              text=True, timeout=seconds + 60)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed: {done.stderr}")
+        return parse_wrk(done.stdout)
+
+    def case(self, servers: list[Server], url: str, body: Path, connections: int = CONCURRENCY,
+             wrk_cpus: str = LOAD_CPU) -> Case:
+        """Warm up, then measure; CPU is summed over every process of `servers`."""
+        self._wrk(url, body, self.warmup, connections, wrk_cpus)
+        pids = [pid for server in servers for pid in children_of(server.pid)]
+        before, started = cpu_seconds(pids), time.monotonic()
+        run = self._wrk(url, body, self.seconds, connections, wrk_cpus)
+        wall = time.monotonic() - started
+        pids = [pid for server in servers for pid in children_of(server.pid)]  # workers may have appeared
+        after = cpu_seconds(pids)
+        cpu = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+        problems = [p for server in servers for p in affinity_problems(children_of(server.pid), server.cpus)]
+        cores = sum(cpu_count_of(server.cpus) for server in servers)
+        return judge(run, cpu, wall, cores, problems)
+
+
+# -- environment and models ----------------------------------------------------------------------
 
 
 def ensure_wrk() -> str:
@@ -117,21 +293,19 @@ def ensure_wrk() -> str:
 
 
 def ensure_peer_env() -> Path:
-    """`.bench/mlserver`: MLServer, mlserver-sklearn and FastAPI, with our scikit-learn version."""
+    """`.bench/mlserver`: MLServer, mlserver-sklearn and Starlette, with our scikit-learn version."""
     import sklearn
 
     python = PEER_VENV / "bin" / "python"
     marker = PEER_VENV / ".complete"
-    if not marker.exists():
+    wanted = " ".join([*PEER_PACKAGES, sklearn.__version__])
+    if not marker.exists() or marker.read_text() != wanted:
         print(f"creating {PEER_VENV} (first run only)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES,
                         f"scikit-learn=={sklearn.__version__}"], check=True)
-        marker.write_text(" ".join(PEER_PACKAGES))
+        marker.write_text(wanted)
     return python
-
-
-# -- models --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -140,9 +314,7 @@ class ModelFiles:
     folder: Path
     skops_sha: str
     onnx_sha: str | None
-    features: int
     bodies: dict[int, Path] = field(default_factory=dict)
-    binary_bodies: dict[int, tuple[Path, int]] = field(default_factory=dict)  # body, JSON header length
 
 
 def sha256(path: Path) -> str:
@@ -152,12 +324,9 @@ def sha256(path: Path) -> str:
 def build_models(folder: Path) -> dict[str, ModelFiles]:
     import joblib
     import numpy as np
-    from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+    from sklearn.datasets import load_breast_cancer, load_iris
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
 
     from mlops_runtime import baseline, model_io
 
@@ -165,17 +334,16 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
     for name, loader, estimator in (
         ("iris", load_iris, LogisticRegression(max_iter=1000)),
         ("cancer", load_breast_cancer, RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1)),
-        ("wine", load_wine, Pipeline([("scaler", StandardScaler()), ("svc", SVC())])),
     ):
         X, y = loader(return_X_y=True, as_frame=True)
         model = estimator.fit(X, y)
         target = folder / name
         target.mkdir(parents=True, exist_ok=True)
         (target / "model.skops").write_bytes(model_io.dump_skops(model))
-        joblib.dump(model, target / "model.joblib")  # the peer's format, for the peers only
+        joblib.dump(model, target / "model.joblib")  # the peers' format, for the peers only
         numeric = list(X.columns)
         onnx = model_io.to_onnx(model, X.head(5), numeric)
-        check = model_io.parity_data(model, X, y, X, numeric, seed=0)  # ties and out-of-range rows too
+        check = model_io.parity_data(model, X, y, X, numeric, seed=0)
         parity = model_io.onnx_parity(model, onnx, check.X, numeric) if onnx else {"passed": False}
         onnx_sha = None
         if parity["passed"]:
@@ -186,22 +354,15 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
             baseline.compute_signature(X, numeric, "classification", "target", classes)))
         (target / "baseline.json").write_text(json.dumps(
             baseline.compute_baseline(X, y, numeric, "classification", classes, 0)))
-        files = ModelFiles(name, target, sha256(target / "model.skops"), onnx_sha, X.shape[1])
+        files = ModelFiles(name, target, sha256(target / "model.skops"), onnx_sha)
         rows = X.to_numpy()
-        for batch in BATCHES:
-            picked = rows[np.arange(batch) % len(rows)]
-            body = {"inputs": [{"name": "predict", "shape": [batch, X.shape[1]], "datatype": "FP64",
+        for count in ROWS:
+            picked = rows[np.arange(count) % len(rows)]
+            body = {"inputs": [{"name": "predict", "shape": [count, X.shape[1]], "datatype": "FP64",
                                 "data": picked.ravel().tolist()}]}
-            path = folder / f"{name}-{batch}.json"
+            path = folder / f"{name}-{count}.json"
             path.write_text(json.dumps(body))
-            files.bodies[batch] = path
-            raw = np.ascontiguousarray(picked, dtype="<f8").tobytes()
-            header = json.dumps({"inputs": [{"name": "predict", "shape": [batch, X.shape[1]], "datatype": "FP64",
-                                             "parameters": {"binary_data_size": len(raw)}}],
-                                 "parameters": {"binary_data_output": True}}).encode()
-            binary_path = folder / f"{name}-{batch}.bin"
-            binary_path.write_bytes(header + raw)
-            files.binary_bodies[batch] = (binary_path, len(header))
+            files.bodies[count] = path
         made[name] = files
     return made
 
@@ -212,202 +373,303 @@ def build_models(folder: Path) -> dict[str, ModelFiles]:
 @dataclass
 class Server:
     label: str
-    process: Any  # ServerProcess or Popen
+    process: subprocess.Popen[bytes]
     url: str
-    stop_fn: Any = None
+    cpus: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid  # taskset execs the server: same pid
 
     def stop(self) -> None:
-        if isinstance(self.process, ServerProcess):
-            self.process.stop()
-        else:
-            stop_popen(self.process)
-
-
-def stop_popen(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, 15)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait(timeout=10)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url} exited: {log.read_text(errors='replace')[-3000:]}")
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)
         try:
-            if http_get(url + "/v2/health/ready", timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready: {log.read_text(errors='replace')[-3000:]}")
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=10)
 
 
-def start_ours(label: str, model: ModelFiles, onnx: bool, logs: Path) -> Server:
-    args = ["--model-uri", str(model.folder / "model.skops"), "--sha256", model.skops_sha, "--name", model.name,
-            "--version", "bench", "--log-level", "warning", "--workers", "1"]
+def launch(label: str, command: list[str], cpus: str, logs: Path, env: dict[str, str] | None = None,
+           cwd: Path | None = None, port: int | None = None) -> Server:
+    port = port or free_port()
+    log = logs / f"{label}.log"
+    process = subprocess.Popen(["taskset", "-c", cpus, *command], cwd=cwd, stdout=open(log, "wb"),
+                               stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return Server(label, process, f"http://127.0.0.1:{port}", cpus)
+
+
+READY_IN_A_ROW = 20  # with several worker processes one ready answer speaks for one worker only
+
+
+def wait_ready(server: Server, paths: tuple[str, ...], logs: Path, timeout: float = 180) -> Server:
+    deadline = time.monotonic() + timeout
+    for path in paths:
+        in_a_row = 0
+        while in_a_row < READY_IN_A_ROW:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.label} exited: {(logs / f'{server.label}.log').read_text()[-3000:]}")
+            try:
+                in_a_row = in_a_row + 1 if http_get(server.url + path, timeout=1)[0] == 200 else 0
+            except OSError:
+                in_a_row = 0
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{server.label}: {path} not ready; see {logs}/{server.label}.log")
+            if not in_a_row:
+                time.sleep(0.2)
+    return server
+
+
+def ours(label: str, model: ModelFiles, onnx: bool, logs: Path, cpus: str = SERVER_CPU,
+         extra: tuple[str, ...] = ()) -> Server:
+    port = free_port()
+    args = [sys.executable, "-m", "mlops_runtime.serve", "--host", "127.0.0.1", "--port", str(port),
+            "--model-uri", str(model.folder / "model.skops"), "--sha256", model.skops_sha, "--name", model.name,
+            "--version", "bench", "--log-level", "warning", *extra]
     if onnx and model.onnx_sha:
         args += ["--onnx-uri", str(model.folder / "model.onnx"), "--onnx-sha256", model.onnx_sha]
-    proc = ServerProcess("mlops_runtime.serve", args, log_path=logs / f"{label}-{model.name}.log",
-                         taskset_cpu=SERVER_CPU).start()
-    return Server(label, proc, proc.url)
+    env = {"PYTHONPATH": str(ROOT / "runtime")}
+    return wait_ready(launch(label, args, cpus, logs, env, port=port), ("/v2/health/ready",), logs)
 
 
-def start_mlserver(label: str, models: dict[str, ModelFiles], parallel_workers: int, python: Path,
-                   logs: Path) -> Server:
+def mlserver(label: str, models: dict[str, ModelFiles], python: Path, logs: Path,
+             batching: dict[str, Any] | None = None) -> Server:
     home = Path(tempfile.mkdtemp(prefix="mlserver-", dir=logs.parent))
     repo = home / "models"
     for model in models.values():
         (repo / model.name).mkdir(parents=True)
         shutil.copy(model.folder / "model.joblib", repo / model.name / "model.joblib")
         (repo / model.name / "model-settings.json").write_text(json.dumps({
-            "name": model.name, "implementation": "mlserver_sklearn.SKLearnModel",
+            "name": model.name, "implementation": "mlserver_sklearn.SKLearnModel", **(batching or {}),
             "parameters": {"uri": "./model.joblib", "version": "v1"}}))
     port = free_port()
     (repo / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-        "parallel_workers": parallel_workers, "debug": False}))
+        "debug": False}))
     empty = home / "cwd"  # MLServer puts its working directory on the import path
     empty.mkdir()
-    log = logs / f"{label}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{python.parent}:{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
-    process = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), str(python.parent / "mlserver"), "start",
-                                str(repo)], cwd=empty, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, process, log)
-    for model in models.values():  # the server is ready before its models are
-        deadline = time.monotonic() + 120
-        while http_get(f"{url}/v2/models/{model.name}/ready", timeout=2)[0] != 200:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"MLServer never loaded {model.name}: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
-    return Server(label, process, url)
+    env = {"PATH": f"{python.parent}:{os.environ['PATH']}", "PYTHONPATH": ""}
+    server = launch(label, [str(python), "-m", "mlserver.cli.main", "start", str(repo)], SERVER_CPU, logs,
+                    env, cwd=empty, port=port)
+    return wait_ready(server, ("/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)), logs)
 
 
-def start_fastapi(label: str, models: dict[str, ModelFiles], python: Path, logs: Path) -> Server:
-    home = Path(tempfile.mkdtemp(prefix="fastapi-", dir=logs.parent))
-    (home / "fastapi_reference.py").write_text(FASTAPI_REFERENCE)
+def starlette(label: str, models: dict[str, ModelFiles], python: Path, logs: Path) -> Server:
+    home = Path(tempfile.mkdtemp(prefix="starlette-", dir=logs.parent))
+    (home / "starlette_floor.py").write_text(STARLETTE_FLOOR)
     port = free_port()
-    log = logs / f"{label}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "BENCH_MODELS": json.dumps({m.name: str(m.folder / "model.joblib") for m in models.values()})}
-    env.pop("PYTHONPATH", None)
-    process = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), str(python), "-m", "uvicorn",
-                                "fastapi_reference:app", "--host", "127.0.0.1", "--port", str(port),
-                                "--http", "httptools", "--loop", "uvloop", "--workers", "1", "--no-access-log",
-                                "--log-level", "warning"], cwd=home, env=env, stdout=open(log, "wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, process, log)
-    return Server(label, process, url)
+    env = {"PYTHONPATH": "", "BENCH_MODELS": json.dumps({m.name: str(m.folder / "model.joblib")
+                                                         for m in models.values()})}
+    server = launch(label, [str(python), "-m", "uvicorn", "starlette_floor:app", "--host", "127.0.0.1",
+                            "--port", str(port), "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+                            "--log-level", "warning"], SERVER_CPU, logs, env, cwd=home, port=port)
+    return wait_ready(server, ("/v2/health/ready",), logs)
 
 
-def start_router(upstream: str, logs: Path) -> Server:
-    proc = ServerProcess("mlops_runtime.router", ["--champion", upstream, "--log-level", "warning"],
-                         log_path=logs / "router.log", taskset_cpu=LOAD_CPU).start()
-    return Server("router", proc, proc.url)
+def router(upstream: Server, logs: Path) -> Server:
+    port = free_port()
+    args = [sys.executable, "-m", "mlops_runtime.router", "--host", "127.0.0.1", "--port", str(port),
+            "--champion", upstream.url, "--log-level", "warning"]
+    server = launch("router", args, LOAD_CPU, logs, {"PYTHONPATH": str(ROOT / "runtime")}, port=port)
+    return wait_ready(server, ("/v2/health/ready",), logs)
 
 
-# -- load ----------------------------------------------------------------------------------------
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-@dataclass
-class Cell:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-
-def parse_wrk(text: str) -> Cell:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-
-    def percentile(p: str) -> float:
-        found = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-        return float(found.group(1)) * UNITS[found.group(2)]
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    total_errors = int(errors.group(1)) if errors else 0
-    if socket_errors:
-        total_errors += sum(int(g) for g in socket_errors.groups())
-    return Cell(rps, percentile("50"), percentile("99"), total_errors)
-
-
-def run_wrk(wrk: str, url: str, body: Path, seconds: float, connections: int, script: Path,
-            json_length: int | None = None) -> Cell:
-    command = ["taskset", "-c", str(LOAD_CPU), wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-               "-s", str(script), url]
-    env = {**os.environ, "BENCH_BODY": str(body)}
-    if json_length is not None:
-        env["BENCH_JSON_LENGTH"] = str(json_length)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stderr}")
-    return parse_wrk(done.stdout)
-
-
-def refusal(url: str, body: Path, json_length: int) -> str | None:
-    """None when the server answers a binary V2 request with 200, else what it answered."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=body.read_bytes(), method="POST", headers={
-        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_length)})
+@contextmanager
+def running(*starters: Callable[[], Server]) -> Iterator[list[Server]]:
+    """Start servers (one at a time: their start-up must not share the core with a measurement)
+    and stop them all afterwards, so an idle server never sits beside a measured one."""
+    started: list[Server] = []
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return None if response.status == 200 else f"{response.status}"
-    except urllib.error.HTTPError as error:
-        return f"{error.code}"
-    except OSError as error:
-        return type(error).__name__
+        for start in starters:
+            started.append(start())
+        yield started
+    finally:
+        for server in started:
+            server.stop()
 
 
-def median_cell(cells: list[Cell]) -> Cell:
-    return Cell(statistics.median(c.rps for c in cells), statistics.median(c.p50_ms for c in cells),
-                statistics.median(c.p99_ms for c in cells), sum(c.errors for c in cells))
+def onnx_threads(server: Server, model: str) -> str:
+    status, body = http_get(f"{server.url}/v2/models/{model}")
+    threads = json.loads(body).get("parameters", {}).get("onnx_threads") if status == 200 else None
+    return f"{threads} (process threads: {thread_count(children_of(server.pid))})"
 
 
-def fmt(cell: Cell | str | None) -> str:
-    if cell is None:
+# -- printing ------------------------------------------------------------------------------------
+
+
+def fmt(case: Case | None) -> str:
+    if case is None:
         return "n/a"
-    if isinstance(cell, str):
-        return cell
-    text = f"{cell.rps:,.0f} req/s, p50 {cell.p50_ms:.2f} / p99 {cell.p99_ms:.2f} ms"
-    return text + (f" ({cell.errors} errors)" if cell.errors else "")
+    if case.failed:
+        return f"FAIL ({case.failed})"
+    text = f"{case.rps:,.0f} req/s, p50 {case.p50_ms:.2f} / p99 {case.p99_ms:.2f} ms, {case.cpu_us:,.0f} us CPU/req"
+    return text + "".join(f" [FLAG: {flag}]" for flag in case.flags)
 
 
-def row_label(server: str, encoding: str) -> str:
-    return server if encoding == "JSON" else f"{server}, binary V2"
+def table(title: str, columns: list[str], rows: dict[str, list[Case | None]]) -> None:
+    print(f"\n| {title} | " + " | ".join(columns) + " |")
+    print("|---" * (1 + len(columns)) + "|")
+    for label, cases in rows.items():
+        print(f"| {label} | " + " | ".join(fmt(c) for c in cases) + " |")
+
+
+def ok(case: Case | None) -> bool:
+    return case is not None and not case.failed
+
+
+def summary(results: dict[str, Case]) -> str:
+    """The issue's targets, one line: value, target, pass/fail; n/a when a table did not run."""
+    def check(name: str, value: Callable[[], float], shown: str, target: str, passed: Callable[[float], bool],
+              *needed: str) -> str:
+        if not all(ok(results.get(k)) for k in needed):
+            return f"{name} n/a"
+        v = value()
+        return f"{name} {shown.format(v)} (target {target}) {'PASS' if passed(v) else 'FAIL'}"
+
+    r = results
+    onnx = "main/ours (ONNX form)/iris/1"
+    parts = [
+        check("CPU/req ONNX iris 1 row", lambda: r[onnx].cpu_us, "{:,.0f} us", "<= 100 us", lambda v: v <= 100, onnx),
+        check("req/s", lambda: r[onnx].rps, "{:,.0f}", ">= 10,000", lambda v: v >= 10_000, onnx),
+        check("p99 at 16 conns", lambda: r[onnx].p99_ms, "{:.2f} ms", "<= 5 ms", lambda v: v <= 5, onnx),
+        check("skops CPU/req vs Starlette floor", lambda: r["main/ours (skops form)/iris/1"].cpu_us
+              / r["main/Starlette floor/iris/1"].cpu_us, "{:.2f}x", "<= 1", lambda v: v <= 1,
+              "main/ours (skops form)/iris/1", "main/Starlette floor/iris/1"),
+        check("workers 2/1", lambda: r["workers/2"].rps / r["workers/1"].rps, "{:.2f}x", ">= 1.8",
+              lambda v: v >= 1.8, "workers/1", "workers/2"),
+        check("batching ONNX forest 64 conns on/off", lambda: r["batching/onnx/on"].rps / r["batching/onnx/off"].rps,
+              "{:.2f}x", "> 1", lambda v: v > 1, "batching/onnx/on", "batching/onnx/off"),
+        check("skops forest 64 conns on/off", lambda: r["batching/skops/on"].rps / r["batching/skops/off"].rps,
+              "{:.2f}x", "> 1", lambda v: v > 1, "batching/skops/on", "batching/skops/off"),
+        check("p50 at 1 conn on/off", lambda: r["batching/c1/on"].p50_ms / r["batching/c1/off"].p50_ms,
+              "{:.2f}x", "<= 1.10", lambda v: v <= 1.10, "batching/c1/on", "batching/c1/off"),
+    ]
+    return "targets: " + "; ".join(parts)
 
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-# -- main ----------------------------------------------------------------------------------------
+# -- the tables ----------------------------------------------------------------------------------
+
+
+def run_main(bench: Bench, models: dict[str, ModelFiles], peer: Path | None, logs: Path,
+             results: dict[str, Case]) -> None:
+    starters: list[tuple[str, Callable[[], Server], bool]] = []  # label, start, serves every model
+    for model in models.values():
+        starters.append(("ours (ONNX form)", lambda m=model: ours(f"onnx-{m.name}", m, True, logs), False))
+        starters.append(("ours (skops form)", lambda m=model: ours(f"skops-{m.name}", m, False, logs), False))
+    if peer is not None:
+        starters.append(("MLServer 1.7.1 (default)", lambda: mlserver("mlserver", models, peer, logs), True))
+        starters.append(("Starlette floor", lambda: starlette("starlette", models, peer, logs), True))
+    labels = list(dict.fromkeys(label for label, _, _ in starters))
+    with running(*(start for _, start, _ in starters)) as servers:
+        by_label: dict[tuple[str, str], Server] = {}
+        for (label, _, every), server in zip(starters, servers):
+            for name in MODELS:
+                if every or server.label.endswith(f"-{name}"):
+                    by_label[(label, name)] = server
+        print(f"ONNX Runtime threads of ours (ONNX form): iris {onnx_threads(by_label[(labels[0], 'iris')], 'iris')}, "
+              f"cancer {onnx_threads(by_label[(labels[0], 'cancer')], 'cancer')}", flush=True)
+        for name in MODELS:  # a column measured across every server back to back
+            for rows in ROWS:
+                for label in labels:
+                    server = by_label[(label, name)]
+                    key = f"main/{label}/{name}/{rows}"
+                    results[key] = bench.case([server], f"{server.url}/v2/models/{name}/infer",
+                                              models[name].bodies[rows])
+                    print(f"  {key}: {fmt(results[key])}", flush=True)
+    table("server (one core)", [f"{MODEL_TITLES[m]}, {r} row{'s' if r > 1 else ''}" for m in MODELS for r in ROWS],
+          {label: [results.get(f"main/{label}/{m}/{r}") for m in MODELS for r in ROWS] for label in labels})
+
+
+def run_workers(bench: Bench, models: dict[str, ModelFiles], logs: Path, results: dict[str, Case]) -> None:
+    iris = models["iris"]
+    for workers in (1, 2):
+        with running(lambda w=workers: ours(f"workers-{w}", iris, True, logs, BOTH, ("--workers", str(w)))) as (s,):
+            results[f"workers/{workers}"] = bench.case([s], f"{s.url}/v2/models/iris/infer", iris.bodies[1],
+                                                       wrk_cpus=BOTH)
+    one, two = results["workers/1"], results["workers/2"]
+    table("ours (ONNX form), iris 1 row, server and wrk on both cores", ["--workers 1", "--workers 2"],
+          {"wrk -t1 -c16": [one, two]})
+    if ok(one) and ok(two):
+        print(f"workers 2/1: {two.rps / one.rps:.2f}x req/s, CPU/req {two.cpu_us / one.cpu_us:.2f}x")
+
+
+def run_batching(bench: Bench, models: dict[str, ModelFiles], peer: Path | None, logs: Path,
+                 results: dict[str, Case]) -> None:
+    cancer = models["cancer"]
+    body, path = cancer.bodies[1], "/v2/models/cancer/infer"
+    off = ("--max-batch-rows", "1")
+    rows: dict[str, list[Case | None]] = {}
+    for form, onnx in (("onnx", True), ("skops", False)):
+        label = f"ours ({'ONNX' if onnx else 'skops'} form)"
+        for state, extra in (("off", off), ("on", ())):
+            with running(lambda o=onnx, e=extra, k=f"{form}-{state}": ours(f"batch-{k}", cancer, o, logs, extra=e)
+                         ) as (s,):
+                results[f"batching/{form}/{state}"] = bench.case([s], s.url + path, body, BATCH_CONCURRENCY)
+        rows[label] = [results[f"batching/{form}/off"], results[f"batching/{form}/on"]]
+    if peer is not None:
+        adaptive = {"max_batch_size": BATCH_CONCURRENCY, "max_batch_time": 0.002}
+        with running(lambda: mlserver("mlserver-batching", {"cancer": cancer}, peer, logs, adaptive)) as (s,):
+            results["batching/mlserver"] = bench.case([s], s.url + path, body, BATCH_CONCURRENCY)
+        rows["MLServer 1.7.1, max_batch_size 64, max_batch_time 2 ms"] = [None, results["batching/mlserver"]]
+    table(f"cancer RF(100), 1 row, {BATCH_CONCURRENCY} connections", ["batching off", "batching on"], rows)
+    # The p50 check compares a few hundred microseconds: off and on alternate, both servers up
+    # (an idle one costs the core nothing), and each keeps its better round, so a neighbour's
+    # burst of load during one case cannot decide it.
+    with running(lambda: ours("batch-c1-off", cancer, True, logs, extra=off),
+                 lambda: ours("batch-c1-on", cancer, True, logs)) as pair:
+        rounds: dict[str, list[Case]] = {"off": [], "on": []}
+        for _ in range(C1_ROUNDS):
+            for state, s in zip(("off", "on"), pair):
+                rounds[state].append(bench.case([s], s.url + path, body, 1))
+        for state, cases in rounds.items():
+            results[f"batching/c1/{state}"] = min(cases, key=lambda c: (bool(c.failed), c.p50_ms))
+    table("cancer RF(100), 1 row, 1 connection", ["batching off", "batching on"],
+          {"ours (ONNX form)": [results["batching/c1/off"], results["batching/c1/on"]]})
+    if ok(results["batching/c1/off"]) and ok(results["batching/c1/on"]):
+        print(f"p50 at 1 connection, on/off: {results['batching/c1/on'].p50_ms / results['batching/c1/off'].p50_ms:.2f}x")
+
+
+def run_router(bench: Bench, models: dict[str, ModelFiles], logs: Path, results: dict[str, Case]) -> None:
+    iris = models["iris"]
+    with running(lambda: ours("router-champion", iris, True, logs)) as (champion,):
+        with running(lambda: router(champion, logs)) as (front,):
+            for connections in (1, CONCURRENCY):
+                results[f"router/alone/{connections}"] = bench.case(
+                    [champion], f"{champion.url}/v2/models/iris/infer", iris.bodies[1], connections)
+                results[f"router/routed/{connections}"] = bench.case(
+                    [champion, front], f"{front.url}/v2/models/iris/infer", iris.bodies[1], connections)
+    table("iris LR, 1 row, ours (ONNX form)", ["1 connection", f"{CONCURRENCY} connections"],
+          {"champion alone": [results["router/alone/1"], results[f"router/alone/{CONCURRENCY}"]],
+           "router + champion (CPU/req: both)": [results["router/routed/1"],
+                                                 results[f"router/routed/{CONCURRENCY}"]]})
+    alone, routed = results["router/alone/1"], results["router/routed/1"]
+    if ok(alone) and ok(routed):
+        print(f"router adds {routed.p50_ms - alone.p50_ms:+.2f} ms at p50 (1 connection), "
+              f"{routed.cpu_us - alone.cpu_us:+,.0f} us CPU/req")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 run of 5 s per cell (smoke test)")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
-    parser.add_argument("--skip-peers", action="store_true", help="only our server and router")
+    parser.add_argument("--quick", action="store_true", help="2 s warm-up + 5 s per case (smoke test)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up per case")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per case")
+    parser.add_argument("--only", default=",".join(TABLES), help=f"comma-separated tables: {', '.join(TABLES)}")
+    parser.add_argument("--skip-peers", action="store_true", help="no MLServer, no Starlette floor")
     parser.add_argument("--output", type=Path, default=BENCH / "serving-results.json")
     args = parser.parse_args(argv)
-    runs, seconds = (1, 5.0) if args.quick else (args.runs, args.duration)
-    wrk = ensure_wrk()
-    if os.cpu_count() is None or os.cpu_count() < 2:
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = set(only) - set(TABLES)
+    if unknown:
+        parser.error(f"unknown table(s) {', '.join(sorted(unknown))}; choose from {', '.join(TABLES)}")
+    warmup, seconds = (2.0, 5.0) if args.quick else (args.warmup, args.duration)
+    if (os.cpu_count() or 1) < 2:
         sys.exit("needs 2 CPUs: one for the servers, one for wrk")
     BENCH.mkdir(exist_ok=True)
     for previous in BENCH.glob("serving-*"):  # one run's models and logs are kept, the last one
@@ -418,110 +680,30 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir()
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
-    peer_python = None if args.skip_peers else ensure_peer_env()
+    bench = Bench(ensure_wrk(), script, warmup, seconds)
+    peer = None if args.skip_peers or not {"main", "batching"} & set(only) else ensure_peer_env()
     print(f"building models in {work} ...", flush=True)
     models = build_models(work / "models")
-
-    servers: list[Server] = []
-    try:
-        ours: dict[str, dict[str, Server]] = {"ours (ONNX form)": {}, "ours (skops form)": {}}
-        for model in models.values():
-            servers.append(start_ours("onnx", model, True, logs))
-            ours["ours (ONNX form)"][model.name] = servers[-1]
-            servers.append(start_ours("skops", model, False, logs))
-            ours["ours (skops form)"][model.name] = servers[-1]
-        for per_model in ours.values():
-            for server in per_model.values():
-                server.process.wait_ready(timeout=120)
-        router = start_router(ours["ours (ONNX form)"]["iris"].url, logs)
-        servers.append(router)
-        router.process.wait_ready(timeout=60)
-        targets: dict[str, dict[str, Server]] = dict(ours)
-        if peer_python is not None:
-            print("starting MLServer and the FastAPI reference ...", flush=True)
-            for label, workers in (("MLServer 1.7.1 (default, parallel_workers=1)", 1),
-                                   ("MLServer 1.7.1 (parallel_workers=0)", 0)):
-                server = start_mlserver(f"mlserver-pw{workers}", models, workers, peer_python, logs)
-                servers.append(server)
-                targets[label] = {m: server for m in MODELS}
-            server = start_fastapi("fastapi", models, peer_python, logs)
-            servers.append(server)
-            targets["FastAPI + uvicorn + scikit-learn"] = {m: server for m in MODELS}
-
-        cells: dict[tuple[str, str, int], list[Cell]] = {}
-        unsupported: dict[tuple[str, str, int], str] = {}
-        rows = [(label, encoding) for label in targets for encoding in ENCODINGS
-                if encoding == "JSON" or not label.startswith("FastAPI")]
-        router_cells: dict[tuple[str, int], list[Cell]] = {}
-        loads = [load_average()]
-        for run in range(runs):
-            print(f"run {run + 1}/{runs} (load average {load_average()})", flush=True)
-            for model_name in MODELS:  # each cell measured across all servers back to back
-                for batch in BATCHES:
-                    for label, encoding in rows:
-                        url = f"{targets[label][model_name].url}/v2/models/{model_name}/infer"
-                        key = (row_label(label, encoding), model_name, batch)
-                        body, json_length = (models[model_name].bodies[batch], None) if encoding == "JSON" \
-                            else models[model_name].binary_bodies[batch]
-                        if json_length is not None and key not in cells and key not in unsupported:
-                            answer = refusal(url, body, json_length)
-                            if answer is not None:
-                                unsupported[key] = f"not supported (answers {answer})"
-                        if key in unsupported:
-                            continue
-                        run_wrk(wrk, url, body, 1, CONCURRENCY, script, json_length)  # warm-up
-                        cells.setdefault(key, []).append(
-                            run_wrk(wrk, url, body, seconds, CONCURRENCY, script, json_length))
-            for connections in (1, CONCURRENCY):
-                for via, base in (("direct", ours["ours (ONNX form)"]["iris"].url), ("router", router.url)):
-                    url = f"{base}/v2/models/iris/infer"
-                    run_wrk(wrk, url, models["iris"].bodies[1], 1, connections, script)
-                    router_cells.setdefault((via, connections), []).append(
-                        run_wrk(wrk, url, models["iris"].bodies[1], seconds, connections, script))
+    loads = [load_average()]
+    results: dict[str, Case] = {}
+    started = time.monotonic()
+    print(f"wrk -t1 on CPU {LOAD_CPU}, servers on CPU {SERVER_CPU} (workers table: both); "
+          f"{warmup:g} s warm-up + {seconds:g} s per case; only 2xx answers count", flush=True)
+    runners: dict[str, Callable[[], None]] = {
+        "main": lambda: run_main(bench, models, peer, logs, results),
+        "workers": lambda: run_workers(bench, models, logs, results),
+        "batching": lambda: run_batching(bench, models, peer, logs, results),
+        "router": lambda: run_router(bench, models, logs, results),
+    }
+    for name in TABLES:
+        if name in only:
+            runners[name]()
             loads.append(load_average())
-    finally:
-        for server in servers:
-            server.stop()
-
-    medians: dict[tuple[str, str, int], Cell | str] = {key: median_cell(value) for key, value in cells.items()}
-    medians.update(unsupported)
-    router_medians = {key: median_cell(value) for key, value in router_cells.items()}
-    print()
-    print(f"Serving benchmark: {runs} run(s) x {seconds:g} s per cell, medians; wrk -t1 -c{CONCURRENCY} on CPU "
-          f"{LOAD_CPU}, each server on CPU {SERVER_CPU}; load average during the runs: {', '.join(loads)}")
-    print()
-    print("| server (one core) | " + " | ".join(f"{MODEL_TITLES[m]}, {b} row{'s' if b > 1 else ''}"
-                                              for m in MODELS for b in BATCHES) + " |")
-    print("|---" * (1 + len(MODELS) * len(BATCHES)) + "|")
-    for label, encoding in rows:
-        row = [fmt(medians.get((row_label(label, encoding), m, b))) for m in MODELS for b in BATCHES]
-        print(f"| {row_label(label, encoding)} | " + " | ".join(row) + " |")
-    print()
-    print("| router (iris LR, 1 row, ours ONNX behind it) | direct | through the router | added at p50 |")
-    print("|---|---|---|---|")
-    for connections in (1, CONCURRENCY):
-        direct, routed = router_medians[("direct", connections)], router_medians[("router", connections)]
-        print(f"| concurrency {connections} | {fmt(direct)} | {fmt(routed)} | "
-              f"{routed.p50_ms - direct.p50_ms:+.2f} ms |")
-    print()
-    verdicts = []
-    best = medians[(row_label("ours (ONNX form)", "JSON"), "iris", 1)]
-    for label, factor in (("MLServer 1.7.1 (default, parallel_workers=1)", 5), ("FastAPI + uvicorn + scikit-learn", 2)):
-        peer = medians.get((row_label(label, "JSON"), "iris", 1))
-        if isinstance(peer, Cell):
-            verdicts.append(f"iris 1-row: ours {best.rps / peer.rps:.1f}x {label} (target {factor}x)")
-    verdicts.append(f"ours p99 at 1 row: {best.p99_ms:.2f} ms (target <= 10 ms)")
-    added = router_medians[("router", 1)].p50_ms - router_medians[("direct", 1)].p50_ms
-    verdicts.append(f"router added p50 at concurrency 1: {added:.2f} ms (target < 1 ms)")
-    for line in verdicts:
-        print("- " + line)
-    args.output.write_text(json.dumps({
-        "runs": runs, "seconds": seconds, "load": loads,
-        "cells": [{"server": k[0], "model": k[1], "rows": k[2], **(vars(v) if isinstance(v, Cell) else {"note": v})}
-                  for k, v in medians.items()],
-        "router": [{"via": k[0], "connections": k[1], **vars(v)} for k, v in router_medians.items()],
-    }, indent=2))
-    print(f"\nresults: {args.output}; server logs: {logs}")
+    print(f"\nload average during the run: {', '.join(loads)}; {time.monotonic() - started:.0f} s")
+    args.output.write_text(json.dumps({"warmup": warmup, "seconds": seconds, "load": loads,
+                                       "cases": {k: asdict(v) for k, v in results.items()}}, indent=2))
+    print(f"results: {args.output}; server logs: {logs}")
+    print(summary(results))
     return 0
 
 

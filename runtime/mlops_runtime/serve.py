@@ -32,6 +32,7 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mlops_runtime import batching
 from mlops_runtime import drift as drift_mod
 from mlops_runtime.http_asgi import (
     INFERENCE_HEADER,
@@ -113,6 +114,9 @@ class ServeConfig:
     drift_min_rows: int = 100
     load_retry_max_seconds: float = 30.0
     log_level: str = "info"
+    max_batch_rows: int = batching.DEFAULT_MAX_ROWS     # 1 turns batching off (one call per request, as before)
+    max_batch_delay_ms: float = batching.DEFAULT_MAX_DELAY_MS
+    inference_thread: bool = False   # batch calls on a worker thread instead of the event loop
 
     def sibling(self, name: str) -> str:
         return self.model_uri.rsplit("/", 1)[0] + "/" + name
@@ -247,6 +251,8 @@ class ModelServer:
         self.tasks: list[asyncio.Task[Any]] = []
         self.identity = {"model": config.name, "version": config.version, "role": config.role}
         self.metrics = ServerMetrics(self.registry, config.name, config.version, config.role, [])
+        self.observe_call = batching.batch_size_histogram(self.registry, config.name, config.version, config.role)
+        self.batcher: batching.Batcher | None = None
 
     # lifecycle
 
@@ -260,6 +266,8 @@ class ModelServer:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.batcher is not None:
+            self.batcher.close()
 
     async def _load_until_done(self) -> None:
         delay = 0.5
@@ -291,6 +299,10 @@ class ModelServer:
                                                 self.config.drift_min_rows)
         else:
             log.warning("no baseline.json next to %s: drift is not measured", self.config.model_uri)
+        if self.config.max_batch_rows > 1:
+            self.batcher = batching.Batcher(self.config.max_batch_rows, self.config.max_batch_delay_ms / 1000,
+                                            thread=self.config.inference_thread, initializer=quiet_sklearn,
+                                            on_call=self.observe_call)
         self.loaded = loaded
         self.not_ready_reason = ""
         log.info("model %s version %s (%s) ready: %s", self.config.name, self.config.version,
@@ -399,7 +411,9 @@ class ModelServer:
             "outputs": outputs,
             "parameters": {"role": self.config.role, "task": signature.task, "target": signature.target,
                            "classes": list(signature.classes), "backend": loaded.predictor.backend,
-                           "backend_note": loaded.note, "accepts_missing": loaded.accepts_missing},
+                           "backend_note": loaded.note, "accepts_missing": loaded.accepts_missing,
+                           "onnx_threads": getattr(loaded.predictor, "threads", None),
+                           "max_batch_rows": self.config.max_batch_rows},
         })
 
     # inference: the hot path
@@ -430,7 +444,7 @@ class ModelServer:
                 if "instances" not in doc:
                     raise HttpError(400, "missing field 'instances': send {\"instances\": [rows or records]}")
                 batch = batch_from_instances(doc["instances"], loaded.signature)
-            prediction = self._predict(loaded, batch)
+            prediction = await self._predict(loaded, batch)
             labels = prediction.labels.tolist()
             self._record(loaded, request_id, batch, prediction, labels)
             headers = request_id_header(request_id)
@@ -462,7 +476,9 @@ class ModelServer:
         await respond_json(send, status, error_body(status, message, request_id),
                            extra_headers=request_id_header(request_id))
 
-    def _predict(self, loaded: LoadedModel, batch: Batch) -> Prediction:
+    async def _predict(self, loaded: LoadedModel, batch: Batch) -> Prediction:
+        """Check this request alone (so its errors stay its own), then predict: inline, or
+        through the batcher, which may share the call with concurrent requests."""
         check_range(batch, loaded.signature)
         missing = batch.has_missing(loaded.signature)
         predictor = loaded.predictor
@@ -473,6 +489,9 @@ class ModelServer:
                                  "cannot take missing values")
             predictor = loaded.fallback
         try:
+            if self.batcher is not None:
+                return await self.batcher.predict(predictor, batch)
+            self.observe_call(batch.rows)
             return predictor.predict(batch)
         except ValueError as error:  # e.g. a category the encoder refuses
             raise InputError(f"the model refused the input: {error}") from None
@@ -623,19 +642,33 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
     p.add_argument("--drift-interval", type=float, default=60.0, help="seconds between drift computations")
     p.add_argument("--drift-window", type=int, default=10_000, help="recent input rows compared with the baseline")
     p.add_argument("--drift-min-rows", type=int, default=100, help="rows needed before drift is reported")
+    p.add_argument("--max-batch-rows", type=int,
+                   default=int(os.environ.get("MLOPS_MAX_BATCH_ROWS", batching.DEFAULT_MAX_ROWS)),
+                   help="rows one inference call may batch from concurrent requests; 1 turns batching off "
+                        f"(env MLOPS_MAX_BATCH_ROWS, default {batching.DEFAULT_MAX_ROWS})")
+    p.add_argument("--max-batch-delay-ms", type=float,
+                   default=float(os.environ.get("MLOPS_MAX_BATCH_DELAY_MS", batching.DEFAULT_MAX_DELAY_MS)),
+                   help="longest a batch collects requests behind a running call "
+                        f"(env MLOPS_MAX_BATCH_DELAY_MS, default {batching.DEFAULT_MAX_DELAY_MS})")
+    p.add_argument("--inference-thread", action="store_true",
+                   default=os.environ.get("MLOPS_INFERENCE_THREAD", "") in ("1", "true"),
+                   help="run batched calls on a worker thread (worth it with a spare core; env MLOPS_INFERENCE_THREAD)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     if bool(a.onnx_uri) != bool(a.onnx_sha256):
         p.error("--onnx-uri and --onnx-sha256 go together")
     if a.workers < 1:
         p.error("--workers must be at least 1")
+    if a.max_batch_rows < 1 or a.max_batch_delay_ms < 0:
+        p.error("--max-batch-rows must be at least 1 and --max-batch-delay-ms not negative")
     return ServeConfig(
         model_uri=a.model_uri, sha256=a.sha256, name=a.name, version=a.version, role=a.role,
         onnx_uri=a.onnx_uri, onnx_sha256=a.onnx_sha256, signature_uri=a.signature_uri,
         baseline_uri=a.baseline_uri, host=a.host, port=a.port, workers=a.workers,
         max_body_bytes=a.max_body_bytes, feedback_capacity=a.feedback_capacity,
         drift_interval=a.drift_interval, drift_window=a.drift_window, drift_min_rows=a.drift_min_rows,
-        log_level=a.log_level,
+        log_level=a.log_level, max_batch_rows=a.max_batch_rows, max_batch_delay_ms=a.max_batch_delay_ms,
+        inference_thread=a.inference_thread,
     )
 
 

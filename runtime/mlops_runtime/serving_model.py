@@ -331,6 +331,8 @@ class OnnxPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        used = self.session.get_session_options()  # what the session runs with, for the metadata and the bench
+        self.threads = {"intra_op": used.intra_op_num_threads, "inter_op": used.inter_op_num_threads}
         self.signature = signature
         inputs = self.session.get_inputs()
         self.input_names = [i.name for i in inputs]

@@ -3,6 +3,7 @@ fixture, requests over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -113,6 +114,7 @@ def test_predictions_equal_the_in_memory_model(servers: dict, versions: dict, ba
     expected_proba = model.predict_proba(IRIS)
     meta = httpx.get(url + "/v2/models/iris").json()
     assert meta["parameters"]["backend"] == ("onnx" if backend == "onnx" else "sklearn")
+    assert meta["parameters"]["onnx_threads"] == ({"intra_op": 1, "inter_op": 1} if backend == "onnx" else None)
     assert [i["name"] for i in meta["inputs"]] == list(IRIS.columns)
 
     rows = httpx.post(url + "/predict", json={"instances": IRIS.to_numpy().tolist()}).json()
@@ -332,3 +334,26 @@ def test_workers_share_one_port_and_their_metrics_add_up(versions: dict, s3: Any
         for code, count in codes.items():
             assert sample(samples, "mlops_inference_requests_total", code=str(code)) == count
         assert sample(samples, "mlops_inference_request_duration_seconds_count") == 40
+
+
+@pytest.mark.parametrize("backend", ["onnx", "skops"])
+def test_concurrent_requests_each_get_their_own_rows_and_every_row_is_counted(servers: dict, versions: dict,
+                                                                              backend: str) -> None:
+    """Batching may put these requests into shared calls; whatever it does, each answer is its
+    own row's, each id is its own, and mlops_batch_size accounts for every row."""
+    model, url = versions["iris"]["model"], servers[backend].url
+    rows = IRIS.to_numpy()
+    before = sample(metric_samples(url), "mlops_batch_size_sum")
+
+    async def fire() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            answers = await asyncio.gather(*(client.post("/predict", json={"instances": [row.tolist()]},
+                                                         headers={"x-request-id": f"batch-{i}"})
+                                             for i, row in enumerate(rows)))
+        return [a.json() for a in answers]
+
+    answers = asyncio.run(fire())
+    assert [a["request_id"] for a in answers] == [f"batch-{i}" for i in range(len(rows))]
+    assert [a["predictions"][0] for a in answers] == model.predict(IRIS).tolist()
+    np.testing.assert_allclose([a["probabilities"][0] for a in answers], model.predict_proba(IRIS), atol=1e-4, rtol=0)
+    assert sample(metric_samples(url), "mlops_batch_size_sum") - before == len(rows)
