@@ -70,7 +70,7 @@ from mlops_runtime.http_asgi import (
     request_id_of,
     respond,
     respond_json,
-    run_uvicorn,
+    serve_app,
 )
 
 log = logging.getLogger("mlops_runtime.router")
@@ -336,7 +336,7 @@ class Router:
 
     async def startup(self) -> None:
         if self.settings.log_level.lower() != "debug":
-            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+            logging.getLogger("mlops_runtime.http_server").setLevel(logging.WARNING)
         if self.settings.config_file:
             self.reload_config_file()
             self.tasks.append(asyncio.create_task(self._watch_config_file()))
@@ -682,21 +682,10 @@ def parse_args(argv: list[str] | None = None) -> RouterSettings:
 def serve_router(router: Router, settings: RouterSettings) -> None:
     """The serving port, and the admin port beside it when one is asked for: one server, two
     sockets; a request's `scope["server"]` tells which one it came in on."""
-    if settings.admin_port is None:
-        return run_uvicorn(router, settings.host, settings.port, 1, settings.log_level)
-    import socket
-
-    import uvicorn
-
-    sockets = []
-    for host, port in ((settings.host, settings.port), (settings.admin_host, settings.admin_port)):
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sockets.append(sock)
-    config = uvicorn.Config(router, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                            server_header=False, log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=sockets)
+    addresses = [(settings.host, settings.port)]
+    if settings.admin_port is not None:
+        addresses.append((settings.admin_host, settings.admin_port))
+    serve_app(lambda: router, addresses)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,15 @@ class Batch:
     def of_matrix(cls, matrix: np.ndarray) -> Batch:
         return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
 
+    def plainly_valid(self) -> bool:
+        """True when the batch is a matrix of finite numbers within float32's range, so neither
+        `out_of_range` nor `has_missing` can find anything: one min and one max answer both
+        (NaN propagates through them), where the two checks take three reductions."""
+        if self.matrix is None or not self.matrix.size:
+            return False
+        flat = self.matrix.reshape(-1)
+        return bool(-FLOAT32_MAX <= np.minimum.reduce(flat) and np.maximum.reduce(flat) <= FLOAT32_MAX)
+
     def out_of_range(self, signature: Signature) -> tuple[int, str, float] | None:
         """(row, feature, value) of the first infinite value or one beyond float32's range, or
         None. NaN is a missing value, not out of range. Two reductions on the common path."""
@@ -317,17 +326,24 @@ class SklearnPredictor:
         return Prediction(labels=labels, probabilities=probabilities)
 
 
+# How ONNX Runtime runs here; reported in the model metadata and the ready log line.
+ONNX_SETTINGS = {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "execution_mode": "sequential"}
+
+
 class OnnxPredictor:
     """The ONNX form through ONNX Runtime (one intra-op thread, sequential execution)."""
 
     backend = "onnx"
+    settings = ONNX_SETTINGS
 
     def __init__(self, data: bytes, signature: Signature, follow_probabilities: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        # A request is a few rows: thread pools cost more to wake than the arithmetic takes,
+        # and the process (or each --workers process) keeps to one core.
+        options.intra_op_num_threads = ONNX_SETTINGS["intra_op_num_threads"]
+        options.inter_op_num_threads = ONNX_SETTINGS["inter_op_num_threads"]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -367,7 +383,7 @@ class OnnxPredictor:
         return {self.input_names[0]: batch.matrix.astype(dtype)}
 
     def predict(self, batch: Batch) -> Prediction:
-        outputs = self.session.run(None, self._feeds(batch))
+        outputs = self.session.run(self.output_names, self._feeds(batch))
         if self.signature.task == REGRESSION:
             return Prediction(labels=np.asarray(outputs[0], dtype=np.float64).reshape(batch.rows), probabilities=None)
         probabilities = None
