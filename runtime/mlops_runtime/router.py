@@ -72,6 +72,7 @@ from mlops_runtime.http_asgi import (
     respond_json,
     serve_app,
 )
+from mlops_runtime.serving_metrics import LatencyTally, Tally
 
 log = logging.getLogger("mlops_runtime.router")
 disable_created_metrics()
@@ -278,14 +279,22 @@ class RouterMetrics:
                 self.code_children[(variant, code)] = self.requests.labels(service, variant, code)
         self.agreed = 0
         self.compared = 0
+        # counted in ints on the request path, added to the metrics at flush (serving_metrics)
+        self.tally = Tally()
+        self.latency = {v: LatencyTally(child) for v, child in self.duration_children.items()}
 
     def answered(self, variant: str, code: int, seconds: float) -> None:
         key = (variant, str(code))
         child = self.code_children.get(key)
         if child is None:
             child = self.code_children[key] = self.requests.labels(self.service, variant, key[1])
-        child.inc()
-        self.duration_children[variant].observe(seconds)
+        self.tally.add(child)
+        self.latency[variant].observe(seconds)
+
+    def flush(self) -> None:
+        self.tally.flush()
+        for latency in self.latency.values():
+            latency.flush()
 
     def shadow_outcome(self, outcome: str) -> None:
         self.shadow_children[outcome].inc()
@@ -421,6 +430,7 @@ class Router:
         if path == "/v2/health/ready":
             return await self.ready(send)
         if path == "/metrics":
+            self.metrics.flush()
             return await respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
         if path == "/admin/config":
             return await self.admin_config(scope, receive, send, method)
