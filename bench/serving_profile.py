@@ -12,7 +12,7 @@ change by. The server is pinned to `--server-cpus` with taskset, `wrk -t1 -c16` 
 Cases: `onnx`, `skops`, `forest` (breast-cancer RandomForest(100), ONNX form), `onnx-binary`
 (the V2 binary tensor extension), `v1` (`POST /predict`), `router` (the router in front of the
 ONNX server; CPU is the router's alone), and the HTTP floors: `floor-uvicorn`, `floor-granian-asgi`,
-`floor-granian-rsgi` (a hello-world app answering every POST with a fixed 64-byte JSON).
+`floor-granian-rsgi`, `floor-ours` (mlops_runtime.http_server) (a hello-world app answering every POST with a fixed 64-byte JSON).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from mlops_runtime.serving_process import ServerProcess, free_port, http_get  # 
 
 LOAD_CPU = 1
 CONNECTIONS = 16
-CASES = ("floor-uvicorn", "floor-granian-asgi", "floor-granian-rsgi", "onnx", "onnx-binary", "v1", "skops",
+CASES = ("floor-ours", "floor-uvicorn", "floor-granian-asgi", "floor-granian-rsgi", "onnx", "onnx-binary", "v1", "skops",
          "forest", "router")
 
 WRK_SCRIPT = '''
@@ -74,6 +74,10 @@ async def asgi(scope, receive, send):
         more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": ANSWER})
+
+if __name__ == "__main__":  # floor-ours: mlops_runtime.http_server
+    from mlops_runtime.http_server import run
+    run(lambda: asgi, [("127.0.0.1", int(sys.argv[1]))])
 
 async def rsgi(scope, protocol):
     await protocol()
@@ -227,7 +231,9 @@ def wait_answering(url: str, process: subprocess.Popen[bytes], timeout: float = 
 def start_floor(case: str, work: Path, cpus: str) -> tuple[subprocess.Popen[bytes], str]:
     (work / "floor_app.py").write_text(FLOOR_APP)
     port = free_port()
-    if case == "floor-uvicorn":
+    if case == "floor-ours":
+        command = ["floor_app.py", str(port)]
+    elif case == "floor-uvicorn":
         command = ["-m", "uvicorn", "floor_app:asgi", "--port", str(port), "--loop", "uvloop", "--http",
                    "httptools", "--no-access-log", "--log-level", "warning"]
     else:

@@ -164,7 +164,7 @@ class Connection(asyncio.Protocol):
         self.queue: deque[Request] = deque()      # pipelined requests waiting for `current`
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0                       # loop time the connection went idle; 0 while busy
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
 
@@ -182,13 +182,14 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self._disarm_idle()
         for request in (self.current, self.parsing, *self.queue):
             if request is not None and request.body_event is not None:
                 request.body_event.set()
 
     def data_received(self, data: bytes) -> None:
-        self._disarm_idle()
+        self.idle_since = 0.0
+        if self.closed:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -302,13 +303,7 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
-        self.idle_timer = self.server.loop.call_later(KEEP_ALIVE_SECONDS, self.close_if_idle)
-
-    def _disarm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.idle_since = self.server.loop.time()
 
 
 class HttpServer:
@@ -332,10 +327,12 @@ class HttpServer:
         await lifespan.startup()
         servers = [await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=backlog())
                    for sock in sockets]
+        sweeper = self.loop.create_task(self._close_idle())
         try:
             await stop.wait()
         finally:
             self.stopping = True
+            sweeper.cancel()
             for server in servers:
                 server.close()
             for conn in list(self.connections):
@@ -349,6 +346,17 @@ class HttpServer:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             await lifespan.shutdown()
+
+
+    async def _close_idle(self) -> None:
+        """Keep-alive connections idle for KEEP_ALIVE_SECONDS are closed (checked once a second:
+        a timer armed per request cost more than the check)."""
+        while True:
+            await asyncio.sleep(1.0)
+            cutoff = self.loop.time() - KEEP_ALIVE_SECONDS
+            for conn in list(self.connections):
+                if conn.current is None and 0 < conn.idle_since < cutoff:
+                    conn.close()
 
 
 class Lifespan:
