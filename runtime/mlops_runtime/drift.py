@@ -214,8 +214,11 @@ def window_drift(baseline: dict[str, Any], specs: list[dict[str, Any]], data: li
 class DriftMonitor:
     """A bounded window of the most recent inputs, one ring buffer per feature.
 
-    `observe` runs on the request path and only copies the batch into the buffers. `compute`
-    works on a snapshot, so the server can run it in a thread every N seconds.
+    `observe` runs on the request path and only keeps a reference to the batch's columns
+    (about 0.2 us; copying a one-row batch into the rings column by column cost about 2 us);
+    the pending batches are copied into the rings once they hold a window's worth of rows, and
+    at `snapshot`. `compute` works on a snapshot, so the server can run it in a thread every N
+    seconds. The columns observed must not be changed afterwards (the server's never are).
     """
 
     def __init__(self, baseline: dict[str, Any], feature_names: list[str], window: int,
@@ -235,16 +238,31 @@ class DriftMonitor:
         self.position = 0
         self.filled = 0
         self.seen = 0
+        self.pending: list[list[np.ndarray]] = []
+        self.pending_rows = 0
 
     def observe(self, columns: list[np.ndarray]) -> None:
         rows = len(columns[0]) if columns else 0
         if rows == 0:
             return
+        self.pending.append(columns)
+        self.pending_rows += rows
+        self.seen += rows
+        if self.pending_rows >= self.window:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Copy the pending batches into the rings (their last `window` rows)."""
+        pending, rows = self.pending, self.pending_rows
+        self.pending, self.pending_rows = [], 0
+        if not pending:
+            return
         take = min(rows, self.window)
         start = self.position
         end = start + take
         for buffer, (j, _) in zip(self.buffers, self.tracked):
-            values = columns[j][rows - take:]
+            values = pending[0][j] if len(pending) == 1 else np.concatenate([cols[j] for cols in pending])
+            values = values[rows - take:]
             if end <= self.window:
                 buffer[start:end] = values
             else:
@@ -253,9 +271,9 @@ class DriftMonitor:
                 buffer[:end - self.window] = values[split:]
         self.position = end % self.window
         self.filled = min(self.window, self.filled + take)
-        self.seen += rows
 
     def snapshot(self) -> list[np.ndarray]:
+        self._fold()
         return [buffer[: self.filled].copy() for buffer in self.buffers]
 
     def compute(self, snapshot: list[np.ndarray] | None = None) -> list[FeatureDrift]:

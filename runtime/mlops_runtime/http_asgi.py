@@ -1,14 +1,15 @@
 """The few ASGI building blocks the model server and the router share.
 
-Both are raw ASGI applications on uvicorn (httptools + uvloop): no framework sits on the
-request path, so each request costs one body read, one orjson call and one response.
+Both are raw ASGI applications served by `mlops_runtime.http_server` (httptools + uvloop): no
+framework sits on the request path, so each request costs one body read, one orjson call and
+one response.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -45,8 +46,26 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _new_id_source() -> tuple[str, itertools.count[int]]:
+    return os.urandom(8).hex(), itertools.count()
+
+
+# uuid4() costs a getrandom syscall and a UUID object per request (about 2 us); a random
+# per-process prefix and a counter are as unique. A forked worker draws its own prefix.
+_id_prefix, _id_counter = _new_id_source()
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = _new_id_source()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits, like uuid4().hex: 16 random per process, 16 of a counter."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -153,22 +172,9 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run_uvicorn(app: Any, host: str, port: int, workers: int, log_level: str) -> None:
-    """Serve `app` (an ASGI app, or an import string when `workers` > 1) with the fast stack."""
-    import uvicorn
+def serve_app(app_factory: Callable[[], Any], addresses: list[tuple[str, int]], workers: int = 1) -> None:
+    """Serve the ASGI app `app_factory()` builds (in each worker process when `workers` > 1)
+    on `addresses` with `mlops_runtime.http_server` (httptools + uvloop, one write a response)."""
+    from mlops_runtime import http_server
 
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        workers=workers if workers > 1 else None,
-        factory=workers > 1,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=5,
-        backlog=int(os.environ.get("MLOPS_LISTEN_BACKLOG", "2048")),
-    )
+    http_server.run(app_factory, addresses, workers, graceful_seconds=5.0)

@@ -70,8 +70,9 @@ from mlops_runtime.http_asgi import (
     request_id_of,
     respond,
     respond_json,
-    run_uvicorn,
+    serve_app,
 )
+from mlops_runtime.serving_metrics import LatencyTally, Tally
 
 log = logging.getLogger("mlops_runtime.router")
 disable_created_metrics()
@@ -278,14 +279,22 @@ class RouterMetrics:
                 self.code_children[(variant, code)] = self.requests.labels(service, variant, code)
         self.agreed = 0
         self.compared = 0
+        # counted in ints on the request path, added to the metrics at flush (serving_metrics)
+        self.tally = Tally()
+        self.latency = {v: LatencyTally(child) for v, child in self.duration_children.items()}
 
     def answered(self, variant: str, code: int, seconds: float) -> None:
         key = (variant, str(code))
         child = self.code_children.get(key)
         if child is None:
             child = self.code_children[key] = self.requests.labels(self.service, variant, key[1])
-        child.inc()
-        self.duration_children[variant].observe(seconds)
+        self.tally.add(child)
+        self.latency[variant].observe(seconds)
+
+    def flush(self) -> None:
+        self.tally.flush()
+        for latency in self.latency.values():
+            latency.flush()
 
     def shadow_outcome(self, outcome: str) -> None:
         self.shadow_children[outcome].inc()
@@ -336,7 +345,7 @@ class Router:
 
     async def startup(self) -> None:
         if self.settings.log_level.lower() != "debug":
-            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+            logging.getLogger("mlops_runtime.http_server").setLevel(logging.WARNING)
         if self.settings.config_file:
             self.reload_config_file()
             self.tasks.append(asyncio.create_task(self._watch_config_file()))
@@ -421,6 +430,7 @@ class Router:
         if path == "/v2/health/ready":
             return await self.ready(send)
         if path == "/metrics":
+            self.metrics.flush()
             return await respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
         if path == "/admin/config":
             return await self.admin_config(scope, receive, send, method)
@@ -682,21 +692,10 @@ def parse_args(argv: list[str] | None = None) -> RouterSettings:
 def serve_router(router: Router, settings: RouterSettings) -> None:
     """The serving port, and the admin port beside it when one is asked for: one server, two
     sockets; a request's `scope["server"]` tells which one it came in on."""
-    if settings.admin_port is None:
-        return run_uvicorn(router, settings.host, settings.port, 1, settings.log_level)
-    import socket
-
-    import uvicorn
-
-    sockets = []
-    for host, port in ((settings.host, settings.port), (settings.admin_host, settings.admin_port)):
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sockets.append(sock)
-    config = uvicorn.Config(router, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                            server_header=False, log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=sockets)
+    addresses = [(settings.host, settings.port)]
+    if settings.admin_port is not None:
+        addresses.append((settings.admin_host, settings.admin_port))
+    serve_app(lambda: router, addresses)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,11 @@ from mlops_runtime.http_asgi import (
     request_id_of,
     respond,
     respond_json,
-    run_uvicorn,
+    serve_app,
 )
 from mlops_runtime.model_io import labels_follow_probabilities
 from mlops_runtime.serving_feedback import FeedbackBook, FeedbackError
-from mlops_runtime.serving_metrics import ServerMetrics
+from mlops_runtime.serving_metrics import FLUSH_SECONDS, ServerMetrics
 from mlops_runtime.serving_model import (
     CLASSIFICATION,
     Batch,
@@ -89,7 +89,6 @@ from mlops_runtime.serving_v2 import (
 log = logging.getLogger("mlops_runtime.serve")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-CONFIG_ENV = "MLOPS_SERVE_CONFIG"
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -240,7 +239,11 @@ class ModelServer:
         self.registry = registry or CollectorRegistry()
         self.exposition_registry = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
+            from prometheus_client import multiprocess, values
+
+            # prometheus_client picks its value class when first imported, which in a forked
+            # worker was before the folder was set: pick again so the values go to the files.
+            values.ValueClass = values.get_value_class()
 
             self.exposition_registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.exposition_registry)
@@ -258,9 +261,10 @@ class ModelServer:
 
     async def startup(self) -> None:
         if self.config.log_level.lower() != "debug":
-            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+            logging.getLogger("mlops_runtime.http_server").setLevel(logging.WARNING)
         self.tasks.append(asyncio.create_task(self._load_until_done()))
         self.tasks.append(asyncio.create_task(self._drift_loop()))
+        self.tasks.append(asyncio.create_task(self._flush_metrics_loop()))
 
     async def shutdown(self) -> None:
         for task in self.tasks:
@@ -268,6 +272,7 @@ class ModelServer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.batcher is not None:
             self.batcher.close()
+        self.metrics.flush()
 
     async def _load_until_done(self) -> None:
         delay = 0.5
@@ -305,8 +310,14 @@ class ModelServer:
                                             on_call=self.observe_call)
         self.loaded = loaded
         self.not_ready_reason = ""
-        log.info("model %s version %s (%s) ready: %s", self.config.name, self.config.version,
-                 self.config.role, loaded.note)
+        log.info("model %s version %s (%s) ready: %s%s", self.config.name, self.config.version,
+                 self.config.role, loaded.note,
+                 f"; onnxruntime threads {loaded.predictor.threads}" if loaded.predictor.backend == "onnx" else "")
+
+    async def _flush_metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            self.metrics.flush()
 
     async def _drift_loop(self) -> None:
         while True:
@@ -345,6 +356,7 @@ class ModelServer:
         if path == "/v2/health/ready":
             return await self.ready(send)
         if path == "/metrics":
+            self.metrics.flush()
             return await respond(send, 200, generate_latest(self.exposition_registry),
                                  CONTENT_TYPE_LATEST.encode())
         if path == "/feedback":
@@ -421,7 +433,7 @@ class ModelServer:
     async def inference(self, scope: Scope, receive: Receive, send: Send, v2: bool) -> None:
         started = time.perf_counter()
         metrics = self.metrics
-        metrics.in_flight_child.inc()
+        metrics.request_started()
         request_id = request_id_of(scope)
         code = 200
         try:
@@ -469,7 +481,6 @@ class ModelServer:
             await self._inference_error(send, code, "internal error while predicting; see the server log",
                                         request_id)
         finally:
-            metrics.in_flight_child.dec()
             metrics.request_done(code, time.perf_counter() - started)
 
     async def _inference_error(self, send: Send, status: int, message: str, request_id: str) -> None:
@@ -479,6 +490,20 @@ class ModelServer:
     async def _predict(self, loaded: LoadedModel, batch: Batch) -> Prediction:
         """Check this request alone (so its errors stay its own), then predict: inline, or
         through the batcher, which may share the call with concurrent requests."""
+        predictor = loaded.predictor
+        if not batch.plainly_valid():
+            predictor = self._checked_predictor(loaded, batch)
+        try:
+            if self.batcher is not None:
+                return await self.batcher.predict(predictor, batch)
+            self.observe_call(batch.rows)
+            return predictor.predict(batch)
+        except ValueError as error:  # e.g. a category the encoder refuses
+            raise InputError(f"the model refused the input: {error}") from None
+
+    def _checked_predictor(self, loaded: LoadedModel, batch: Batch) -> Predictor:
+        """The predictor for a batch that may hold missing or out-of-range values (InputError
+        when it must be refused)."""
         check_range(batch, loaded.signature)
         missing = batch.has_missing(loaded.signature)
         predictor = loaded.predictor
@@ -488,13 +513,7 @@ class ModelServer:
                 raise InputError(f"row {row}: feature {feature!r} is missing (null or NaN) and this model "
                                  "cannot take missing values")
             predictor = loaded.fallback
-        try:
-            if self.batcher is not None:
-                return await self.batcher.predict(predictor, batch)
-            self.observe_call(batch.rows)
-            return predictor.predict(batch)
-        except ValueError as error:  # e.g. a category the encoder refuses
-            raise InputError(f"the model refused the input: {error}") from None
+        return predictor
 
     def _record(self, loaded: LoadedModel, request_id: str, batch: Batch, prediction: Prediction,
                 labels: list[Any]) -> None:
@@ -502,7 +521,7 @@ class ModelServer:
         if self.drift is not None:
             self.drift.observe(batch.columns)
         if loaded.signature.task == CLASSIFICATION:
-            self.metrics.count_predictions(prediction.labels)
+            self.metrics.count_predictions(labels)
 
     def _predict_response(self, loaded: LoadedModel, request_id: str, prediction: Prediction,
                           labels: list[Any]) -> dict[str, Any]:
@@ -614,13 +633,6 @@ def _v2_datatype(signature: Signature, labels: list[Any] | None = None) -> str:
 # -- command line --------------------------------------------------------------------------------
 
 
-def app_from_env() -> ModelServer:
-    """The app factory uvicorn's worker processes call when `--workers` > 1."""
-    config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
-    configure_logging(config.log_level)
-    return ModelServer(config)
-
-
 def parse_args(argv: list[str] | None = None) -> ServeConfig:
     p = argparse.ArgumentParser(prog="python -m mlops_runtime.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-uri", required=True, help="s3://bucket/.../model.skops (or a local path)")
@@ -675,21 +687,16 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     configure_logging(config.log_level)
-    if config.workers > 1:
-        # Worker processes are separate interpreters: hand them the config and a shared folder
-        # where prometheus_client aggregates their counters for /metrics.
-        os.environ[CONFIG_ENV] = json.dumps(asdict(config))
-        own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    own_dir = config.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_dir:
+        # Worker processes are forked: a shared folder where prometheus_client aggregates
+        # their counters for /metrics, whichever worker the scrape reaches.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-metrics-")
+    try:
+        serve_app(lambda: ModelServer(config), [(config.host, config.port)], config.workers)
+    finally:
         if own_dir:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-metrics-")
-        try:
-            run_uvicorn("mlops_runtime.serve:app_from_env", config.host, config.port, config.workers,
-                        config.log_level)
-        finally:
-            if own_dir:
-                shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    else:
-        run_uvicorn(ModelServer(config), config.host, config.port, 1, config.log_level)
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     return 0
 
 

@@ -25,6 +25,7 @@ PROBABILITY_TOLERANCE = 1e-4
 # The largest magnitude the server accepts: ONNX Runtime and scikit-learn's trees compute in
 # float32, where anything larger becomes infinity and the answer nonsense.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+SMALL_BATCH = 64  # values; below this, per-call numpy overhead dominates a reduction
 
 
 
@@ -113,6 +114,17 @@ class Batch:
     @classmethod
     def of_matrix(cls, matrix: np.ndarray) -> Batch:
         return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
+
+    def plainly_valid(self) -> bool:
+        """True when the batch is a matrix of finite numbers within float32's range, so neither
+        `out_of_range` nor `has_missing` can find anything: one min and one max answer both
+        (NaN propagates through them), where the two checks take three reductions."""
+        if self.matrix is None or not self.matrix.size:
+            return False
+        if self.matrix.size <= SMALL_BATCH:  # a few values: Python compares faster than numpy starts
+            return all(-FLOAT32_MAX <= v <= FLOAT32_MAX for v in self.matrix.ravel().tolist())  # NaN: False
+        flat = self.matrix.reshape(-1)
+        return bool(-FLOAT32_MAX <= np.minimum.reduce(flat) and np.maximum.reduce(flat) <= FLOAT32_MAX)
 
     def out_of_range(self, signature: Signature) -> tuple[int, str, float] | None:
         """(row, feature, value) of the first infinite value or one beyond float32's range, or
@@ -317,6 +329,11 @@ class SklearnPredictor:
         return Prediction(labels=labels, probabilities=probabilities)
 
 
+# How ONNX Runtime runs here; what the session reports back is in the model metadata
+# (`parameters.onnx_threads`) and the ready log line.
+ONNX_SETTINGS = {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "execution_mode": "sequential"}
+
+
 class OnnxPredictor:
     """The ONNX form through ONNX Runtime (one intra-op thread, sequential execution)."""
 
@@ -326,8 +343,10 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+        # A request is a few rows: thread pools cost more to wake than the arithmetic takes,
+        # and the process (or each --workers process) keeps to one core.
+        options.intra_op_num_threads = ONNX_SETTINGS["intra_op_num_threads"]
+        options.inter_op_num_threads = ONNX_SETTINGS["inter_op_num_threads"]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -369,7 +388,7 @@ class OnnxPredictor:
         return {self.input_names[0]: batch.matrix.astype(dtype)}
 
     def predict(self, batch: Batch) -> Prediction:
-        outputs = self.session.run(None, self._feeds(batch))
+        outputs = self.session.run(self.output_names, self._feeds(batch))
         if self.signature.task == REGRESSION:
             return Prediction(labels=np.asarray(outputs[0], dtype=np.float64).reshape(batch.rows), probabilities=None)
         probabilities = None

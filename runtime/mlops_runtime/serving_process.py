@@ -44,7 +44,7 @@ class ServerProcess:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
-    taskset_cpu: int | None = None
+    taskset_cpu: int | str | None = None   # a CPU or a taskset CPU list ("0,1")
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -329,7 +329,13 @@ def test_workers_share_one_port_and_their_metrics_add_up(versions: dict, s3: Any
             codes[answer.status_code] += 1
             if answer.status_code == 200:
                 assert answer.json()["predictions"] == versions["iris"]["model"].predict(IRIS.iloc[[i]]).tolist()
+        # each worker adds its counts to the shared files every FLUSH_SECONDS (and the scraped
+        # one at the scrape): wait until all 40 have arrived
+        deadline = time.monotonic() + 30
         samples = metric_samples(server.url)
+        while sample(samples, "mlops_inference_request_duration_seconds_count") < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            samples = metric_samples(server.url)
         assert codes[200] > 0 and set(codes) <= {200, 503}  # 503 only while a worker is still loading
         for code, count in codes.items():
             assert sample(samples, "mlops_inference_requests_total", code=str(code)) == count

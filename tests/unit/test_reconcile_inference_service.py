@@ -72,7 +72,7 @@ def test_champion_deployment_follows_the_serving_contract():
                         "command": ["python", "-m"],
                         "args": ["mlops_runtime.serve", "--model-uri", prefix + "model.skops",
                                  "--sha256", sha("iris-v1"), "--drift-interval", "60", "--drift-window", "1000",
-                                 "--port", "8080", "--name", "iris",
+                                 "--workers", "1", "--port", "8080", "--name", "iris",
                                  "--version", "iris-v1", "--role", "champion"],
                         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                         "env": [
@@ -256,3 +256,22 @@ def test_reconciling_twice_is_idempotent():
 @pytest.mark.parametrize("name", ["iris", "a" * 60])
 def test_child_names_fit_in_a_dns_label(name):
     assert len(logic.challenger_name(name)) <= 63 and len(logic.router_config_name(name)) <= 63
+
+
+@pytest.mark.parametrize("limits, workers", [
+    (None, 1), ({}, 1), ({"memory": "1Gi"}, 1),
+    ({"cpu": 1}, 1), ({"cpu": 2}, 2), ({"cpu": "500m"}, 1), ({"cpu": "1500m"}, 2),
+    ({"cpu": "2"}, 2), ({"cpu": "2.5"}, 3), ({"cpu": "2000m"}, 2), ({"cpu": "100m"}, 1),
+])
+def test_model_server_workers_follow_the_cpu_limit(limits, workers):
+    assert logic.serving_workers(limits) == workers
+
+
+def test_the_deployment_runs_one_worker_per_core_of_its_cpu_limit():
+    resources = {"limits": {"cpu": "1500m", "memory": "1Gi"}, "requests": {"cpu": "1"}}
+    svc = isvc(resources=resources)
+    (mv,) = mvs(model_version(1))
+    args = logic.serve_args(svc, mv, "champion")
+    assert args[args.index("--workers") + 1] == "2"
+    no_limit = logic.serve_args(isvc(), mv, "champion")
+    assert no_limit[no_limit.index("--workers") + 1] == "1"

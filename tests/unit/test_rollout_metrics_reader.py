@@ -31,6 +31,7 @@ def exposition() -> str:
     for outcome, n in (("agree", 5), ("disagree", 2), ("error", 1)):
         for _ in range(n):
             router.shadow_outcome(outcome)
+    router.flush()  # what the router does before every scrape
     text = generate_latest(router_registry).decode()
     for version, role, correct, incorrect in (("iris-v1", "champion", 40, 2), ("iris-v2", "challenger", 3, 4)):
         registry = CollectorRegistry()
@@ -38,6 +39,7 @@ def exposition() -> str:
         server.feedback_children["correct"].inc(correct)
         server.feedback_children["incorrect"].inc(incorrect)
         server.request_done(200, 0.002)
+        server.flush()  # what the server does before every scrape
         text += generate_latest(registry).decode()
     unrelated = CollectorRegistry()
     ServerMetrics(unrelated, "wine", "iris-v2", "challenger", [0]).feedback_children["correct"].inc(99)

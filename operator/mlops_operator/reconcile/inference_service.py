@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Iterable
@@ -329,7 +330,30 @@ def serve_args(isvc: InferenceService, mv: ModelVersion, role: str) -> list[str]
     if artifact.serving_format == "onnx" and artifact.onnx_uri and artifact.onnx_sha256:
         args += ["--onnx-uri", artifact.onnx_uri, "--onnx-sha256", artifact.onnx_sha256]
     args += drift_args(isvc)
+    args += ["--workers", str(serving_workers(isvc.spec.resources.limits if isvc.spec.resources else None))]
     return args + ["--port", str(PORT), "--name", isvc.spec.model, "--version", mv.metadata.name, "--role", role]
+
+
+# Decimal SI suffixes a CPU quantity may carry (binary ones, Ki..., are for bytes).
+_CPU_SUFFIXES = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def cpu_cores(quantity: int | str) -> float:
+    """A Kubernetes CPU quantity ("500m", "2", 1.5, "1e3m") in cores."""
+    if isinstance(quantity, (int, float)):
+        return float(quantity)
+    text = quantity.strip()
+    suffix = text[-1] if text and text[-1] in _CPU_SUFFIXES else ""
+    return float(text[:len(text) - len(suffix)]) * _CPU_SUFFIXES[suffix]
+
+
+def serving_workers(limits: dict[str, int | str] | None) -> int:
+    """Model-server worker processes: one per core of the CPU limit, rounded up (a Python
+    process computes on one core at a time); 1 without a limit, where nothing says how many
+    cores the pod may use."""
+    if not limits or "cpu" not in limits:
+        return 1
+    return max(1, math.ceil(cpu_cores(limits["cpu"]) - 1e-9))
 
 
 # The serving runtime reports nothing until its window holds this many rows (its default).
