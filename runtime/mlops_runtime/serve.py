@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -309,6 +310,11 @@ class ModelServer:
                                             thread=self.config.inference_thread, initializer=quiet_sklearn,
                                             on_call=self.observe_call)
         self.loaded = loaded
+        # The model, its libraries and everything loaded so far live as long as the process: out
+        # of the cyclic GC's reach, a full collection no longer walks them, which had put 80 ms
+        # stalls into the p99 of one-row requests (bench/serving_profile.py: p99 80 -> 15 ms).
+        gc.collect()
+        gc.freeze()
         self.not_ready_reason = ""
         log.info("model %s version %s (%s) ready: %s%s", self.config.name, self.config.version,
                  self.config.role, loaded.note,

@@ -44,7 +44,7 @@ class FeedbackBook:
         self.abs_error_sum = 0.0
 
     def remember(self, request_id: str, predictions: list[Any]) -> None:
-        self.pending[request_id] = predictions
+        self.pending[request_id] = tuple(predictions)  # a tuple of scalars: untracked by the cyclic GC
         if len(self.pending) > self.capacity:
             self.pending.popitem(last=False)
 
