@@ -35,6 +35,9 @@ sys.path[:0] = [str(ROOT / "runtime")]
 
 from mlops_runtime.serving_process import ServerProcess, free_port, http_get  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import serving as serving_bench  # the /proc readers of bench/serving.py
+
 LOAD_CPU = 1
 CONNECTIONS = 16
 CASES = ("floor-ours", "floor-uvicorn", "floor-granian-asgi", "floor-granian-rsgi", "onnx", "onnx-binary", "v1", "skops",
@@ -150,34 +153,10 @@ def server_args(model: dict[str, str], name: str, onnx: bool, workers: int) -> l
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every process descending from it (uvicorn/granian workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def cpu_seconds(root: int) -> float:
-    """utime + stime of the tree's processes (a process's own figures include its threads')."""
-    ticks = 0
-    for pid in process_tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """utime + stime of `root` and its descendants (uvicorn/granian workers), read as
+    bench/serving.py reads them."""
+    return sum(serving_bench.cpu_seconds(serving_bench.children_of(root)).values())
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
