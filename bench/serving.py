@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -206,6 +207,7 @@ class Wrk:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    cpu_seconds: float = 0.0   # wrk's own utime + stime over the run
 
 
 def parse_wrk(text: str) -> Wrk:
@@ -232,6 +234,7 @@ class Case:
     cpu_us: float          # server CPU per 2xx answer
     failed: str = ""
     flags: list[str] = field(default_factory=list)
+    client_cpu_us: float = 0.0   # wrk's own CPU per 2xx answer (it shares the cores in the workers table)
 
 
 def judge(run: Wrk, cpu: float, wall: float, cores: int, affinity: list[str]) -> Case:
@@ -260,11 +263,15 @@ class Bench:
         command = ["taskset", "-c", cpus, self.wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                    "--timeout", f"{WRK_TIMEOUT_S}s",
                    "--latency", "-s", str(self.script), url]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body)}, capture_output=True,
                               text=True, timeout=seconds + 60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed: {done.stderr}")
-        return parse_wrk(done.stdout)
+        run = parse_wrk(done.stdout)
+        run.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return run
 
     def case(self, servers: list[Server], url: str, body: Path, connections: int = CONCURRENCY,
              wrk_cpus: str = LOAD_CPU) -> Case:
@@ -279,7 +286,10 @@ class Bench:
         cpu = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
         problems = [p for server in servers for p in affinity_problems(children_of(server.pid), server.cpus)]
         cores = sum(cpu_count_of(server.cpus) for server in servers)
-        return judge(run, cpu, wall, cores, problems)
+        case = judge(run, cpu, wall, cores, problems)
+        good = run.requests - run.non_2xx
+        case.client_cpu_us = run.cpu_seconds / good * 1e6 if good else 0.0
+        return case
 
 
 # -- environment and models ----------------------------------------------------------------------
@@ -544,6 +554,8 @@ def summary(results: dict[str, Case]) -> str:
               "{:.2f}x", "> 1", lambda v: v > 1, "batching/onnx/on", "batching/onnx/off"),
         check("skops forest 64 conns on/off", lambda: r["batching/skops/on"].rps / r["batching/skops/off"].rps,
               "{:.2f}x", "> 1", lambda v: v > 1, "batching/skops/on", "batching/skops/off"),
+        check("batching forest 64 conns ours/MLServer", lambda: r["batching/onnx/on"].rps
+              / r["batching/mlserver"].rps, "{:.1f}x", "> 1", lambda v: v > 1, "batching/onnx/on", "batching/mlserver"),
         check("p50 at 1 conn on/off", lambda: r["batching/c1/on"].p50_ms / r["batching/c1/off"].p50_ms,
               "{:.2f}x", "<= 1.10", lambda v: v <= 1.10, "batching/c1/on", "batching/c1/off"),
     ]
@@ -598,6 +610,11 @@ def run_workers(bench: Bench, models: dict[str, ModelFiles], logs: Path, results
           {"wrk -t1 -c16": [one, two]})
     if ok(one) and ok(two):
         print(f"workers 2/1: {two.rps / one.rps:.2f}x req/s, CPU/req {two.cpu_us / one.cpu_us:.2f}x")
+        # wrk takes its share of the same two cores: at c_s server and c_w wrk CPU per request,
+        # two busy cores give at most 2 / (c_s + c_w) req/s, against 1 / c_s for one worker.
+        bound = 2 * one.cpu_us / (two.cpu_us + two.client_cpu_us)
+        print(f"wrk CPU/req {two.client_cpu_us:,.0f} us beside the servers' {two.cpu_us:,.0f} us: two cores shared "
+              f"with wrk allow at most {bound:.2f}x over one worker")
 
 
 def run_batching(bench: Bench, models: dict[str, ModelFiles], peer: Path | None, logs: Path,

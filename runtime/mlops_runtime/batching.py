@@ -2,7 +2,8 @@
 
 Batching never makes a lone request wait for company: there is no timer on its path.
 
-- Default, on the event loop: the first request to queue schedules a call for the next loop
+- Default, on the event loop: a request the HTTP server holds alone runs at once, in its own
+  turn. Otherwise the first request to queue schedules a call for the next loop
   turn (`call_soon`, not a timer). Every request the loop reads and parses in the meantime
   joins that call (up to `max_rows` rows, oldest first; a remainder runs on the turn after).
   While the call runs, new requests wait in the socket buffers, exactly as they would without
@@ -47,8 +48,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 def stack_key(predictor: Predictor, batch: Batch) -> Hashable:
     """Requests with equal keys can be concatenated into one call."""
     if batch.matrix is not None:
-        return id(predictor), "matrix", batch.matrix.shape[1:], batch.matrix.dtype.str
-    return id(predictor), "columns", tuple((c.dtype.str, c.shape[1:]) for c in batch.columns)
+        # dtype objects, not dtype.str: building that string costs ~1,800 instructions each time
+        return id(predictor), "matrix", batch.matrix.shape[1:], batch.matrix.dtype
+    return id(predictor), "columns", tuple((c.dtype, c.shape[1:]) for c in batch.columns)
 
 
 def concat(batches: Sequence[Batch]) -> Batch:
@@ -62,12 +64,14 @@ def concat(batches: Sequence[Batch]) -> Batch:
 
 def split(prediction: Prediction, sizes: Sequence[int]) -> list[Prediction]:
     """The rows of one call's answer, given back to the requests they came from."""
-    ends = np.cumsum(sizes)[:-1]
-    labels = np.split(prediction.labels, ends)
-    if prediction.probabilities is None:
-        return [Prediction(part, None) for part in labels]
-    probabilities = np.split(prediction.probabilities, ends)
-    return [Prediction(a, b) for a, b in zip(labels, probabilities)]
+    labels, probabilities = prediction.labels, prediction.probabilities
+    parts = []
+    start = 0
+    for size in sizes:  # slices, not np.split: that costs ~3 us a request in its own bookkeeping
+        end = start + size
+        parts.append(Prediction(labels[start:end], None if probabilities is None else probabilities[start:end]))
+        start = end
+    return parts
 
 
 def take(rows: Sequence[int], max_rows: int) -> int:
@@ -127,7 +131,7 @@ def _one(predictor: Predictor, batch: Batch, on_call: Callable[[int], None]) -> 
 # -- the queue on the event loop -----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting:
     predictor: Predictor
     batch: Batch
@@ -156,7 +160,14 @@ class Batcher:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="inference", initializer=self.initializer)
 
-    async def predict(self, predictor: Predictor, batch: Batch) -> Prediction:
+    async def predict(self, predictor: Predictor, batch: Batch, alone: bool = False) -> Prediction:
+        """`alone`: the caller knows no other request is in flight (the HTTP server holds only
+        this one), so on the loop it runs now, in this turn: there is nobody to wait for."""
+        if alone and not self.thread and not self.queue:
+            outcome = _one(predictor, batch, self.on_call)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         loop = asyncio.get_running_loop()
         waiting = _Waiting(predictor, batch, loop.create_future())
         self.unanswered += 1

@@ -214,7 +214,7 @@ def window_drift(baseline: dict[str, Any], specs: list[dict[str, Any]], data: li
 class DriftMonitor:
     """A bounded window of the most recent inputs, one ring buffer per feature.
 
-    `observe` runs on the request path and only keeps a reference to the batch's columns
+    `observe` runs on the request path and only keeps a reference to the batch's columns (or matrix)
     (about 0.2 us; copying a one-row batch into the rings column by column cost about 2 us);
     the pending batches are copied into the rings once they hold a window's worth of rows, and
     at `snapshot`. `compute` works on a snapshot, so the server can run it in a thread every N
@@ -238,14 +238,24 @@ class DriftMonitor:
         self.position = 0
         self.filled = 0
         self.seen = 0
-        self.pending: list[list[np.ndarray]] = []
+        self.pending: list[list[np.ndarray] | np.ndarray] = []   # column lists or matrices
         self.pending_rows = 0
 
     def observe(self, columns: list[np.ndarray]) -> None:
+        """Keep one batch given as a column per feature."""
         rows = len(columns[0]) if columns else 0
         if rows == 0:
             return
-        self.pending.append(columns)
+        self._keep(columns, rows)
+
+    def observe_matrix(self, matrix: np.ndarray) -> None:
+        """Keep one all-numeric batch given as its rows x features matrix (no per-column views
+        on the request path: they are taken once per fold)."""
+        if matrix.shape[0]:
+            self._keep(matrix, matrix.shape[0])
+
+    def _keep(self, batch: list[np.ndarray] | np.ndarray, rows: int) -> None:
+        self.pending.append(batch)
         self.pending_rows += rows
         self.seen += rows
         if self.pending_rows >= self.window:
@@ -260,8 +270,11 @@ class DriftMonitor:
         take = min(rows, self.window)
         start = self.position
         end = start + take
+        if all(isinstance(b, np.ndarray) for b in pending):  # matrices: one concatenation for every feature
+            pending = [np.concatenate(pending) if len(pending) > 1 else pending[0]]
         for buffer, (j, _) in zip(self.buffers, self.tracked):
-            values = pending[0][j] if len(pending) == 1 else np.concatenate([cols[j] for cols in pending])
+            parts = [b[:, j] if isinstance(b, np.ndarray) else b[j] for b in pending]
+            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
             values = values[rows - take:]
             if end <= self.window:
                 buffer[start:end] = values

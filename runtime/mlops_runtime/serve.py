@@ -195,6 +195,10 @@ class LoadedModel:
     note: str                    # why this backend was chosen
     outputs: tuple[str, ...]     # the V2 output names, in order
 
+    def __post_init__(self) -> None:
+        # the predict_proba tensor's parameters, built once (orjson only reads them)
+        self.probability_parameters = {"classes": list(self.signature.classes)}
+
 
 def load_model(config: ServeConfig, reader: ArtifactReader) -> LoadedModel:
     """Verify, load and probe the model version (blocking; run in a thread)."""
@@ -257,6 +261,12 @@ class ModelServer:
         self.metrics = ServerMetrics(self.registry, config.name, config.version, config.role, [])
         self.observe_call = batching.batch_size_histogram(self.registry, config.name, config.version, config.role)
         self.batcher: batching.Batcher | None = None
+        self.http_server: Any = None   # mlops_runtime.http_server.HttpServer, when it serves this app
+
+    def bind_http_server(self, server: Any) -> None:
+        """Told by mlops_runtime.http_server: its `in_flight` count lets a lone request skip the
+        batching queue's extra loop turn (under uvicorn every request queues)."""
+        self.http_server = server
 
     # lifecycle
 
@@ -501,7 +511,8 @@ class ModelServer:
             predictor = self._checked_predictor(loaded, batch)
         try:
             if self.batcher is not None:
-                return await self.batcher.predict(predictor, batch)
+                http = self.http_server
+                return await self.batcher.predict(predictor, batch, alone=http is not None and http.in_flight <= 1)
             self.observe_call(batch.rows)
             return predictor.predict(batch)
         except ValueError as error:  # e.g. a category the encoder refuses
@@ -525,7 +536,10 @@ class ModelServer:
                 labels: list[Any]) -> None:
         self.feedback.remember(request_id, labels)
         if self.drift is not None:
-            self.drift.observe(batch.columns)
+            if batch.matrix is not None:
+                self.drift.observe_matrix(batch.matrix)
+            else:
+                self.drift.observe(batch.columns)
         if loaded.signature.task == CLASSIFICATION:
             self.metrics.count_predictions(labels)
 
@@ -548,7 +562,7 @@ class ModelServer:
             else:
                 probabilities = np.ascontiguousarray(prediction.probabilities, dtype=np.float64)
                 tensor = OutputTensor(name, "FP64", list(probabilities.shape), probabilities.ravel(),
-                                      {"classes": list(loaded.signature.classes)})
+                                      loaded.probability_parameters)
             outputs.append((tensor, binary))
         header = {"model_name": self.config.name, "model_version": self.config.version, "id": request_id,
                   "parameters": {"role": self.config.role, "request_id": request_id}}

@@ -54,10 +54,12 @@ class Signature:
     features: tuple[Feature, ...]
     classes: tuple[Any, ...] = ()
     names: tuple[str, ...] = field(init=False)
+    name_set: frozenset[str] = field(init=False, repr=False, compare=False)
     all_numeric: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(f.name for f in self.features))
+        object.__setattr__(self, "name_set", frozenset(self.names))
         object.__setattr__(self, "all_numeric", all(f.kind == NUMERIC for f in self.features))
 
     @classmethod
@@ -102,18 +104,33 @@ class Signature:
         return ", ".join(self.names)
 
 
-@dataclass
 class Batch:
     """Validated instances. `matrix` is set (float64, rows x features) when every feature is
-    numeric; `columns` holds one array per feature in signature order either way."""
+    numeric; `columns` holds one array per feature in signature order either way (views of
+    the matrix, made when first asked for: the ONNX and drift paths read the matrix only)."""
 
-    rows: int
-    columns: list[np.ndarray]
-    matrix: np.ndarray | None = None
+    __slots__ = ("rows", "_columns", "matrix")
+
+    def __init__(self, rows: int, columns: list[np.ndarray] | None = None, matrix: np.ndarray | None = None) -> None:
+        if columns is None and matrix is None:
+            raise ValueError("a Batch needs its columns or its matrix")
+        self.rows = rows
+        self._columns = columns
+        self.matrix = matrix
 
     @classmethod
     def of_matrix(cls, matrix: np.ndarray) -> Batch:
-        return cls(rows=matrix.shape[0], columns=[matrix[:, j] for j in range(matrix.shape[1])], matrix=matrix)
+        return cls(matrix.shape[0], None, matrix)
+
+    @property
+    def columns(self) -> list[np.ndarray]:
+        if self._columns is None:
+            matrix = self.matrix
+            self._columns = [matrix[:, j] for j in range(matrix.shape[1])]
+        return self._columns
+
+    def __repr__(self) -> str:
+        return f"Batch(rows={self.rows}, matrix={self.matrix is not None})"
 
     def plainly_valid(self) -> bool:
         """True when the batch is a matrix of finite numbers within float32's range, so neither
@@ -121,8 +138,12 @@ class Batch:
         (NaN propagates through them), where the two checks take three reductions."""
         if self.matrix is None or not self.matrix.size:
             return False
-        if self.matrix.size <= SMALL_BATCH:  # a few values: Python compares faster than numpy starts
-            return all(-FLOAT32_MAX <= v <= FLOAT32_MAX for v in self.matrix.ravel().tolist())  # NaN: False
+        if self.matrix.size <= SMALL_BATCH:  # a few values: Python's C loops run before numpy starts
+            values = self.matrix.ravel().tolist()
+            total = sum(values)  # NaN or an infinity anywhere makes the sum NaN or infinite
+            if total != total or total in (math.inf, -math.inf):
+                return False
+            return -FLOAT32_MAX <= min(values) and max(values) <= FLOAT32_MAX  # no NaN left to confuse min/max
         flat = self.matrix.reshape(-1)
         return bool(-FLOAT32_MAX <= np.minimum.reduce(flat) and np.maximum.reduce(flat) <= FLOAT32_MAX)
 
@@ -281,7 +302,7 @@ def batch_from_instances(instances: Any, signature: Signature, where: str = "ins
 # -- running the model ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Prediction:
     labels: np.ndarray                 # class labels (classification) or values (regression)
     probabilities: np.ndarray | None   # rows x classes, in `classes` order

@@ -65,7 +65,9 @@ class ElementError(InputError):
         return self
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen: a frozen dataclass costs ~1.2 us to build (object.__setattr__ per field)
+# against ~0.3 us, and a request builds three or four of these.
+@dataclass(slots=True)
 class Tensor:
     """One decoded input: `values` is a numeric array (missing values NaN) for numeric
     datatypes, booleans for BOOL, an object array of str (or None) for BYTES."""
@@ -81,13 +83,13 @@ class Tensor:
         return math.prod(self.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     binary: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     id: str | None
     inputs: list[Tensor]
@@ -220,8 +222,7 @@ def _decode_inputs(inputs: Any, binary: bytes, features: tuple[str, ...]) -> lis
         shape = tensor.get("shape")
         if shape is None:
             raise InputError(f"{where}: missing field 'shape'")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not _dimensions(shape):
             raise InputError(f"{where}: shape must be a list of non-negative integers, got {shape!r:.60}")
         size = math.prod(shape)
         parameters = _parameters(tensor, f"{where}.parameters")
@@ -251,6 +252,14 @@ def _decode_inputs(inputs: Any, binary: bytes, features: tuple[str, ...]) -> lis
         raise InputError(f"{len(binary) - offset} bytes of binary data after the JSON header belong to no input "
                          "(check each input's parameters.binary_data_size)")
     return tensors
+
+
+def _dimensions(shape: list[Any]) -> bool:
+    """Every dimension a non-negative int (bool is not one)."""
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return False
+    return True
 
 
 def _from_binary(raw: bytes, datatype: str, size: int, where: str) -> np.ndarray:
@@ -384,12 +393,11 @@ def _check_float_range(values: np.ndarray, datatype: str, where: str) -> None:
 def batch_from_tensors(tensors: list[Tensor], signature: Signature) -> Batch:
     """One 2-D tensor [rows, features] (a numeric model), or one tensor per feature named after
     it, shape [rows] or [rows, 1]."""
-    names = [t.name for t in tensors]
-    if set(names) & set(signature.names):
+    if any(t.name in signature.name_set for t in tensors):
         return _batch_from_columns(tensors, signature)
     if len(tensors) != 1:
         raise InputError(f"send one 2-D tensor of all features, or one tensor per feature named "
-                         f"{signature.describe()}; got tensors {names}")
+                         f"{signature.describe()}; got tensors {[t.name for t in tensors]}")
     return _batch_from_matrix(tensors[0], signature)
 
 
@@ -461,7 +469,7 @@ def _feature_column(tensor: Tensor, feature: Any) -> np.ndarray:
 # -- the response -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OutputTensor:
     name: str
     datatype: str
@@ -493,10 +501,10 @@ def encode_response(header: dict[str, Any], outputs: list[tuple[OutputTensor, bo
     documents = []
     for output, binary in outputs:
         document: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
-        parameters = dict(output.parameters or {})
+        parameters = output.parameters
         if binary:
             raw = _to_binary(output.values, output.datatype)
-            parameters["binary_data_size"] = len(raw)
+            parameters = {**(parameters or {}), "binary_data_size": len(raw)}
             chunks.append(raw)
         else:
             document["data"] = output.values

@@ -181,6 +181,21 @@ async def test_on_the_loop_a_lone_request_runs_on_the_next_turn_without_a_timer(
     assert (await task).labels.tolist() == [70]
 
 
+async def test_on_the_loop_a_request_alone_in_the_server_runs_in_its_own_turn() -> None:
+    seen: list[int] = []
+    predictor, batcher = Recorder(hold_first=False), Batcher(max_rows=64, max_delay=NEVER, on_call=seen.append)
+    answer = await batcher.predict(predictor, matrix([7, 0]), alone=True)
+    assert answer.labels.tolist() == [70] and predictor.calls == [1] and seen == [1]
+    assert batcher.turn is None and batcher.unanswered == 0  # no loop turn was scheduled
+    with pytest.raises(ValueError, match="negative"):
+        await batcher.predict(predictor, matrix([-1, 0]), alone=True)
+    # Someone already queued: `alone` is stale, the request joins the queue behind it.
+    first = asyncio.create_task(batcher.predict(predictor, matrix([1, 0])))
+    second = asyncio.create_task(batcher.predict(predictor, matrix([2, 0]), alone=True))
+    assert [a.labels.tolist() for a in await asyncio.gather(first, second)] == [[10], [20]]
+    assert predictor.calls[-1] == 2
+
+
 async def test_on_the_loop_mismatched_and_bad_requests_keep_their_own_answers() -> None:
     predictor, batcher = Recorder(hold_first=False), Batcher(max_rows=2, max_delay=NEVER)
     answers = await asyncio.gather(*(batcher.predict(predictor, b) for b in

@@ -186,3 +186,27 @@ def test_monitor_reports_nothing_below_min_rows() -> None:
     assert monitor.compute() == []
     monitor.observe([RNG.normal(5, 1, 1)])
     assert monitor.compute()[0].psi > 1.0
+
+
+def test_matrices_and_columns_fill_the_window_alike_in_any_mix() -> None:
+    """The server hands numeric batches over as matrices; the rings must hold exactly what the
+    same rows given as columns would, across wrap-arounds and mixed pending kinds."""
+    baseline = {"features": [numeric_baseline(TRAIN, "a"), numeric_baseline(TRAIN, "c")]}
+    as_columns = DriftMonitor(baseline, ["a", "b", "c"], window=250, min_rows=10)
+    as_matrices = DriftMonitor(baseline, ["a", "b", "c"], window=250, min_rows=10)
+    mixed = DriftMonitor(baseline, ["a", "b", "c"], window=250, min_rows=10)
+    for k, rows in enumerate([1, 7, 100, 3, 240, 1, 1, 90, 300, 5]):
+        matrix = RNG.normal(k, 1, (rows, 3))
+        as_columns.observe([matrix[:, j] for j in range(3)])
+        as_matrices.observe_matrix(matrix)
+        if k % 2:
+            mixed.observe_matrix(matrix)
+        else:
+            mixed.observe([matrix[:, j] for j in range(3)])
+        if k % 3 != 2 and k != 9:  # let pending batches of both kinds pile up between folds
+            continue
+        expected = as_columns.snapshot()
+        for other in (as_matrices, mixed):
+            got = other.snapshot()
+            assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True)), (k, rows)
+    assert as_matrices.seen == as_columns.seen == 748 and as_matrices.filled == 250

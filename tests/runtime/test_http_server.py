@@ -95,6 +95,38 @@ def test_a_failing_app_answers_500_and_the_server_goes_on(server: int) -> None:
     assert httpx.get(f"http://127.0.0.1:{server}/echo").status_code == 200
 
 
+def test_paths_and_queries_reach_the_app_as_sent_in_origin_and_absolute_form(server: int) -> None:
+    plain = exchange(server, b"GET /plain/path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"\r\n\r\n")
+    assert plain.endswith(b"GET /plain/path 0 " + plain.split()[-1] + b" ")  # no query: an empty one
+    quoted = exchange(server, b"GET /a%20b?x=1&y=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"x=1")
+    assert b"GET /a b 0 " in quoted and quoted.endswith(b" x=1&y=%2F")
+    absolute = exchange(server, b"GET http://x/abs?q=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"q=2")
+    assert b"GET /abs 0 " in absolute and absolute.endswith(b" q=2")
+
+
+def test_the_app_is_told_how_many_requests_are_in_flight(server: int) -> None:
+    base = f"http://127.0.0.1:{server}"
+    held: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: held.append(httpx.get(f"{base}/hold", timeout=60)))
+    holder.start()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/inflight").text != "2":  # the held request and this one
+        assert time.monotonic() < deadline, "the held request never counted as in flight"
+    assert httpx.get(f"{base}/release").status_code == 200
+    holder.join(timeout=30)
+    assert held and held[0].status_code == 200
+    assert httpx.get(f"{base}/inflight").text == "1"  # this one alone again
+
+
+def test_a_header_with_a_line_break_is_refused() -> None:
+    from mlops_runtime.http_server import response_head
+
+    assert response_head(200, [(b"x-a", b"ok")], 2, False).startswith(b"HTTP/1.1 200 OK\r\nx-a: ok\r\n")
+    for name, value in ((b"x-a", b"evil\r\nset-cookie: 1"), (b"x\nb", b"v"), (b"x-a", b"bare\rcr")):
+        with pytest.raises(ValueError, match="line break"):
+            response_head(200, [(name, value)], 0, False)
+
+
 def test_malformed_http_gets_400(server: int) -> None:
     assert exchange(server, b"NOT HTTP AT ALL\r\n\r\n", b"malformed").startswith(b"HTTP/1.1 400")
 

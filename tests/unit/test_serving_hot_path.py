@@ -73,5 +73,10 @@ def test_request_ids_are_unique_hex_and_a_forked_child_draws_its_own_prefix() ->
 def test_plainly_valid_is_false_whenever_a_check_could_find_something() -> None:
     assert Batch.of_matrix(np.array([[1.0, -2.0], [3e38, 0.0]])).plainly_valid()
     for bad in (np.nan, np.inf, -np.inf, 3.5e38, -1e300):
-        assert not Batch.of_matrix(np.array([[1.0, bad]])).plainly_valid()
+        for at in range(3):  # first, middle, last: min() and max() alone would skip a NaN placed after a number
+            row = [1.0, 2.0]
+            row.insert(at, bad)
+            assert not Batch.of_matrix(np.array([row])).plainly_valid(), (bad, at)
+    assert not Batch.of_matrix(np.array([[np.inf, -np.inf]])).plainly_valid()  # their sum is NaN
+    assert Batch.of_matrix(np.array([[3e38, 3e38, -1.0]])).plainly_valid()  # each within float32; their sum is not
     assert not Batch(rows=1, columns=[np.array(["a"], dtype=object)]).plainly_valid()
