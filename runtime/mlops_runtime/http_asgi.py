@@ -65,7 +65,7 @@ os.register_at_fork(after_in_child=_reseed_ids)
 
 def new_request_id() -> str:
     """32 hex digits, like uuid4().hex: 16 random per process, 16 of a counter."""
-    return f"{_id_prefix}{next(_id_counter):016x}"
+    return _id_prefix + next(_id_counter).to_bytes(8, "big").hex()  # a format spec costs ~2,000 instructions more
 
 
 def request_id_of(scope: Scope) -> str:

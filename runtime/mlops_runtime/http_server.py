@@ -42,6 +42,7 @@ STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 CR, LF, QUESTION, HASH = b"\r\n?#"  # as ints
+REQUEST_TASK = "http-request"
 
 App = Callable[..., Any]
 
@@ -70,7 +71,7 @@ class Request:
     """One request's ASGI scope and body, and the `receive`/`send` the app gets."""
 
     __slots__ = ("conn", "scope", "chunks", "buffered", "body_done", "body_event", "started", "status",
-                 "headers", "done", "keep_alive", "expect_continue", "chunked")
+                 "headers", "done", "keep_alive", "expect_continue", "chunked", "task")
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
         self.conn = conn
@@ -86,6 +87,7 @@ class Request:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.chunked = False
+        self.task: asyncio.Task[None] | None = None
 
     def feed(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
@@ -268,9 +270,9 @@ class Connection(asyncio.Protocol):
         self.server.in_flight += 1
         # asyncio.Task named up front: loop.create_task names it after construction, and Python
         # 3.11 formats a "Task-<n>" name for every task constructed unnamed.
-        task = asyncio.Task(self._run(request), loop=self.server.loop, name="http-request")
-        self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        # The request holds its task (the connection holds the request): no set of tasks to add
+        # to and discard from per request; shutdown finds them by name among asyncio's tasks.
+        request.task = asyncio.Task(self._run(request), loop=self.server.loop, name=REQUEST_TASK)
 
     async def _run(self, request: Request) -> None:
         try:
@@ -328,7 +330,6 @@ class HttpServer:
         self.app = app
         self.graceful_seconds = graceful_seconds
         self.connections: set[Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.stopping = False
         self.loop: Any = None
@@ -360,9 +361,10 @@ class HttpServer:
                 await asyncio.sleep(0.05)
             for conn in list(self.connections):
                 conn.close()
-            for task in list(self.tasks):
+            requests = [t for t in asyncio.all_tasks() if t.get_name() == REQUEST_TASK and not t.done()]
+            for task in requests:
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*requests, return_exceptions=True)
             await lifespan.shutdown()
 
 

@@ -258,6 +258,8 @@ class ModelServer:
         self.drift: drift_mod.DriftMonitor | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self.identity = {"model": config.name, "version": config.version, "role": config.role}
+        self.infer_paths = frozenset((f"/v2/models/{config.name}/infer",
+                                      f"/v2/models/{config.name}/versions/{config.version}/infer"))
         self.metrics = ServerMetrics(self.registry, config.name, config.version, config.role, [])
         self.observe_call = batching.batch_size_histogram(self.registry, config.name, config.version, config.role)
         self.batcher: batching.Batcher | None = None
@@ -354,6 +356,8 @@ class ModelServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if scope["path"] in self.infer_paths and scope["method"] == "POST":  # the hot path, routed directly
+                return await self.inference(scope, receive, send, v2=True)
             await self.http(scope, receive, send)
         elif kind == "lifespan":
             await lifespan(receive, send, self.startup, self.shutdown)

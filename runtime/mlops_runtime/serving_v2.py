@@ -42,6 +42,7 @@ FIXED_DTYPES: dict[str, np.dtype[Any]] = {
     "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
+FLOAT64 = np.dtype(np.float64)
 INTEGER_TYPES = frozenset(t for t, d in FIXED_DTYPES.items() if d.kind in "iu")
 FLOAT_TYPES = frozenset(("FP16", "FP32", "FP64"))
 NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES
@@ -144,7 +145,7 @@ def read_request(doc: dict[str, Any], binary: bytes, features: tuple[str, ...] =
     `features`)."""
     if "inputs" not in doc:
         raise InputError("missing field 'inputs': send {\"inputs\": [tensors]}")
-    parameters = _parameters(doc, "parameters")
+    parameters = _parameters(doc)
     binary_outputs = _flag(parameters, "binary_data_output", "parameters")
     inputs = _decode_inputs(doc["inputs"], binary, features)
     return InferRequest(id=request_id_in(doc), inputs=inputs,
@@ -164,12 +165,16 @@ def _looks_binary(head: bytes) -> bool:
     return False
 
 
-def _parameters(doc: dict[str, Any], where: str) -> dict[str, Any]:
+NO_PARAMETERS: dict[str, Any] = {}   # shared, only ever read
+
+
+def _parameters(doc: dict[str, Any], owner: str = "") -> dict[str, Any]:
+    """`doc`'s parameters object; `owner` names `doc` in an error ("" for the request itself)."""
     parameters = doc.get("parameters")
     if parameters is None:
-        return {}
+        return NO_PARAMETERS
     if not isinstance(parameters, dict):
-        raise InputError(f"{where} must be an object")
+        raise InputError(f"{owner}.parameters must be an object" if owner else "parameters must be an object")
     return parameters
 
 
@@ -190,7 +195,7 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
         where = f"outputs[{k}]"
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise InputError(f"{where} must be an object with a name")
-        parameters = _parameters(output, f"{where}.parameters")
+        parameters = _parameters(output, where)
         binary = _flag(parameters, "binary_data", f"{where}.parameters") if "binary_data" in parameters \
             else binary_default
         requested.append(RequestedOutput(output["name"], binary))
@@ -225,7 +230,7 @@ def _decode_inputs(inputs: Any, binary: bytes, features: tuple[str, ...]) -> lis
         if not isinstance(shape, list) or not _dimensions(shape):
             raise InputError(f"{where}: shape must be a list of non-negative integers, got {shape!r:.60}")
         size = math.prod(shape)
-        parameters = _parameters(tensor, f"{where}.parameters")
+        parameters = _parameters(tensor, where)
         binary_size = parameters.get("binary_data_size")
         if binary_size is not None:
             if "data" in tensor:
@@ -300,7 +305,9 @@ def _from_json(data: Any, datatype: str, size: int, where: str) -> np.ndarray:
         values = np.array([_text(v, where, i) for i, v in enumerate(_flatten(data))], dtype=object)
     else:
         try:
-            values = np.asarray(data).reshape(-1)
+            values = np.asarray(data)
+            if values.ndim != 1:
+                values = values.reshape(-1)
         except ValueError:  # ragged nesting
             values = np.asarray(_flatten(data), dtype=object)
     if values.size != size:
@@ -418,7 +425,10 @@ def _batch_from_matrix(tensor: Tensor, signature: Signature) -> Batch:
     if tensor.datatype not in NUMERIC_TYPES:
         raise InputError(f"{where}: the features are numeric but the datatype is {tensor.datatype}; "
                          "send FP64 (or FP32, INT64...)")
-    return Batch.of_matrix(tensor.values.astype(np.float64, copy=False).reshape(shape[0], width))
+    values = tensor.values
+    if values.dtype is not FLOAT64:  # builtin dtypes are singletons; astype(copy=False) costs its argument parsing
+        values = values.astype(np.float64)
+    return Batch.of_matrix(values.reshape(shape[0], width))
 
 
 def _batch_from_columns(tensors: list[Tensor], signature: Signature) -> Batch:
