@@ -211,13 +211,16 @@ def window_drift(baseline: dict[str, Any], specs: list[dict[str, Any]], data: li
     return results
 
 
+FOLD_ROWS = 1024
+
+
 class DriftMonitor:
     """A bounded window of the most recent inputs, one ring buffer per feature.
 
     `observe` runs on the request path and only keeps a reference to the batch's columns (or matrix)
     (about 0.2 us; copying a one-row batch into the rings column by column cost about 2 us);
-    the pending batches are copied into the rings once they hold a window's worth of rows, and
-    at `snapshot`. `compute` works on a snapshot, so the server can run it in a thread every N
+    the pending batches are copied into the rings once they hold FOLD_ROWS rows (or the window,
+    when smaller), and at `snapshot`. `compute` works on a snapshot, so the server can run it in a thread every N
     seconds. The columns observed must not be changed afterwards (the server's never are).
     """
 
@@ -240,6 +243,10 @@ class DriftMonitor:
         self.seen = 0
         self.pending: list[list[np.ndarray] | np.ndarray] = []   # column lists or matrices
         self.pending_rows = 0
+        # Folded every FOLD_ROWS rows, not once per window: the copy costs the same per row, but
+        # a fold of 10,000 one-row batches held the event loop 2.8 ms, a fold of 1,024 0.4 ms (the
+        # worst observe() of 20,000 one-row matrices, in process).
+        self.fold_rows = min(self.window, FOLD_ROWS)
 
     def observe(self, columns: list[np.ndarray]) -> None:
         """Keep one batch given as a column per feature."""
@@ -258,7 +265,7 @@ class DriftMonitor:
         self.pending.append(batch)
         self.pending_rows += rows
         self.seen += rows
-        if self.pending_rows >= self.window:
+        if self.pending_rows >= self.fold_rows:
             self._fold()
 
     def _fold(self) -> None:

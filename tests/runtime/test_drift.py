@@ -210,3 +210,29 @@ def test_matrices_and_columns_fill_the_window_alike_in_any_mix() -> None:
             got = other.snapshot()
             assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True)), (k, rows)
     assert as_matrices.seen == as_columns.seen == 748 and as_matrices.filled == 250
+
+
+def test_folding_every_few_rows_keeps_the_same_window_as_folding_once_per_window() -> None:
+    """Frequent small folds (FOLD_ROWS) keep the loop's pauses short; the window they leave must
+    hold the same rows as one fold per window would (the ring's order may differ; the
+    statistics do not look at it)."""
+    from mlops_runtime.drift import FOLD_ROWS
+
+    baseline = {"features": [numeric_baseline(TRAIN, "a")]}
+    window = 3 * FOLD_ROWS + 17
+    frequent = DriftMonitor(baseline, ["a"], window=window)
+    once = DriftMonitor(baseline, ["a"], window=window)
+    once.fold_rows = window  # the old rule
+    assert frequent.fold_rows == FOLD_ROWS
+    sizes = [1] * 2_500 + [700, 3, 5_000, 1] + [2] * 1_300
+    seen: list[np.ndarray] = []
+    for k, rows in enumerate(sizes):
+        matrix = RNG.normal(0, 1, (rows, 1)) + k
+        seen.append(matrix[:, 0])
+        frequent.observe_matrix(matrix)
+        once.observe_matrix(matrix)
+        if k in (2_499, 2_502, 2_503, len(sizes) - 1):
+            latest = np.sort(np.concatenate(seen)[-window:])  # what the window must hold
+            for monitor in (frequent, once):
+                assert np.array_equal(np.sort(monitor.snapshot()[0]), latest), k
+    assert frequent.filled == once.filled == window
