@@ -72,7 +72,7 @@ def test_champion_deployment_follows_the_serving_contract():
                         "command": ["python", "-m"],
                         "args": ["mlops_runtime.serve", "--model-uri", prefix + "model.skops",
                                  "--sha256", sha("iris-v1"), "--drift-interval", "60", "--drift-window", "1000",
-                                 "--workers", "1", "--port", "8080", "--name", "iris",
+                                 "--workers", "1", "--max-batch-rows", "256", "--port", "8080", "--name", "iris",
                                  "--version", "iris-v1", "--role", "champion"],
                         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                         "env": [
@@ -275,3 +275,11 @@ def test_the_deployment_runs_one_worker_per_core_of_its_cpu_limit():
     assert args[args.index("--workers") + 1] == "2"
     no_limit = logic.serve_args(isvc(), mv, "champion")
     assert no_limit[no_limit.index("--workers") + 1] == "1"
+
+
+def test_the_deployment_batches_as_the_spec_says():
+    (mv,) = mvs(model_version(1))
+    default = logic.serve_args(isvc(), mv, "champion")
+    assert default[default.index("--max-batch-rows") + 1] == "256"
+    off = logic.serve_args(isvc(batching={"maxBatchRows": 1}), mv, "champion")
+    assert off[off.index("--max-batch-rows") + 1] == "1"

@@ -154,6 +154,17 @@ class Drift(ApiModel):
     window: int = Field(default=1000, ge=10, le=1_000_000, description="Recent input rows compared with the baseline.")
 
 
+class Batching(ApiModel):
+    """Adaptive batching in the model server (docs/serving.md, "Batching"): concurrent requests
+    share one inference call; a request alone is never held back."""
+
+    max_batch_rows: int = Field(
+        default=256, ge=1, le=65536,
+        description="Rows one inference call may take from concurrent requests; 1 turns batching off "
+        "(bit-for-bit repeatable probabilities).",
+    )
+
+
 class InferenceServiceSpec(ApiModel):
     cross_field_rules = (
         CrossFieldRule(
@@ -174,6 +185,7 @@ class InferenceServiceSpec(ApiModel):
     image: ImageRef = DEFAULT_RUNTIME_IMAGE
     artifacts: ArtifactLocation = Field(default_factory=ArtifactLocation)
     drift: Drift = Field(default_factory=Drift)
+    batching: Batching = Field(default_factory=Batching)
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
 
 

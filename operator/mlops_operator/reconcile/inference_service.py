@@ -331,6 +331,7 @@ def serve_args(isvc: InferenceService, mv: ModelVersion, role: str) -> list[str]
         args += ["--onnx-uri", artifact.onnx_uri, "--onnx-sha256", artifact.onnx_sha256]
     args += drift_args(isvc)
     args += ["--workers", str(serving_workers(isvc.spec.resources.limits if isvc.spec.resources else None))]
+    args += ["--max-batch-rows", str(isvc.spec.batching.max_batch_rows)]
     return args + ["--port", str(PORT), "--name", isvc.spec.model, "--version", mv.metadata.name, "--role", role]
 
 
