@@ -90,6 +90,7 @@ from mlops_runtime.serving_v2 import (
 log = logging.getLogger("mlops_runtime.serve")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+READY_DIR_ENV = "MLOPS_WORKERS_READY_DIR"
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -264,6 +265,9 @@ class ModelServer:
         self.observe_call = batching.batch_size_histogram(self.registry, config.name, config.version, config.role)
         self.batcher: batching.Batcher | None = None
         self.http_server: Any = None   # mlops_runtime.http_server.HttpServer, when it serves this app
+        # --workers > 1: each worker marks its loaded model here, so readiness speaks for all of them
+        folder = os.environ.get(READY_DIR_ENV)
+        self.ready_dir = Path(folder) if config.workers > 1 and folder else None
 
     def bind_http_server(self, server: Any) -> None:
         """Told by mlops_runtime.http_server: its `in_flight` count lets a lone request skip the
@@ -286,6 +290,8 @@ class ModelServer:
         if self.batcher is not None:
             self.batcher.close()
         self.metrics.flush()
+        if self.ready_dir is not None:
+            (self.ready_dir / f"ready-{os.getpid()}").unlink(missing_ok=True)
 
     async def _load_until_done(self) -> None:
         delay = 0.5
@@ -328,6 +334,8 @@ class ModelServer:
         gc.collect()
         gc.freeze()
         self.not_ready_reason = ""
+        if self.ready_dir is not None:
+            (self.ready_dir / f"ready-{os.getpid()}").touch()
         log.info("model %s version %s (%s) ready: %s%s", self.config.name, self.config.version,
                  self.config.role, loaded.note,
                  f"; onnxruntime threads {loaded.predictor.threads}" if loaded.predictor.backend == "onnx" else "")
@@ -395,10 +403,15 @@ class ModelServer:
         """200 when ready; 400 when not, which the protocol reads as false (tritonclient's
         is_server_ready and is_model_ready, KServe's is_model_ready return False) and a
         Kubernetes readiness probe as a failure."""
-        if self.loaded is not None:
-            await respond_json(send, 200, {"ready": True, **self.identity, "backend": self.loaded.predictor.backend})
-        else:
-            await respond_json(send, 400, {"ready": False, **self.identity, "reason": self.not_ready_reason})
+        if self.loaded is None:
+            return await respond_json(send, 400, {"ready": False, **self.identity, "reason": self.not_ready_reason})
+        if self.ready_dir is not None:  # one worker answers for all: ready when every one has loaded
+            loaded = workers_ready(self.ready_dir)
+            if loaded < self.config.workers:
+                return await respond_json(send, 400, {
+                    "ready": False, **self.identity,
+                    "reason": f"{loaded} of {self.config.workers} worker processes have loaded the model"})
+        await respond_json(send, 200, {"ready": True, **self.identity, "backend": self.loaded.predictor.backend})
 
     async def v2_model(self, scope: Scope, receive: Receive, send: Send, rest: str, method: str) -> None:
         parts = rest.split("/")
@@ -708,19 +721,38 @@ def parse_args(argv: list[str] | None = None) -> ServeConfig:
     )
 
 
+def workers_ready(folder: Path) -> int:
+    """How many live worker processes have loaded their model: each leaves `ready-<pid>` in
+    `folder`; a dead worker's marker (it was killed, the supervisor starts another) is not counted."""
+    count = 0
+    for marker in folder.glob("ready-*"):
+        try:
+            os.kill(int(marker.name[len("ready-"):]), 0)
+        except (ValueError, ProcessLookupError):
+            continue
+        except PermissionError:  # alive, and not ours to signal
+            pass
+        count += 1
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     configure_logging(config.log_level)
-    own_dir = config.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    if own_dir:
-        # Worker processes are forked: a shared folder where prometheus_client aggregates
-        # their counters for /metrics, whichever worker the scrape reaches.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-metrics-")
+    own: list[str] = []
+    if config.workers > 1:
+        # Worker processes are forked: shared folders where prometheus_client aggregates their
+        # counters for /metrics and where each marks its model loaded for readiness, whichever
+        # worker the scrape or the probe reaches.
+        for variable, prefix in (("PROMETHEUS_MULTIPROC_DIR", "mlops-metrics-"), (READY_DIR_ENV, "mlops-ready-")):
+            if variable not in os.environ:
+                os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+                own.append(variable)
     try:
         serve_app(lambda: ModelServer(config), [(config.host, config.port)], config.workers)
     finally:
-        if own_dir:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        for variable in own:
+            shutil.rmtree(os.environ[variable], ignore_errors=True)
     return 0
 
 

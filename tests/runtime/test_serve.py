@@ -106,6 +106,52 @@ def sample(samples: dict, name: str, **labels: str) -> float:
 # -- predictions ----------------------------------------------------------------------------------
 
 
+def test_with_workers_readiness_waits_for_every_worker_again_after_one_dies(versions: dict, s3: Any,
+                                                                            tmp_path: Path) -> None:
+    import os
+    import signal
+
+    server = ServerProcess("mlops_runtime.serve", serve_args(versions["iris"], "iris", True, "--workers", "2"),
+                           s3.env, log_path=tmp_path / "workers.log")
+    with server:
+        server.wait_ready(timeout=60)
+        ready = httpx.get(server.url + "/v2/health/ready")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+
+        def readiness() -> tuple[int, str]:
+            answer = httpx.get(server.url + "/v2/health/ready", headers={"connection": "close"})
+            return answer.status_code, answer.json().get("reason", "")
+
+        deadline = time.monotonic() + 60
+        while (state := readiness()) == (200, ""):  # until the supervisor has reaped the dead worker
+            assert time.monotonic() < deadline, "readiness never noticed the dead worker"
+        assert state == (400, "1 of 2 worker processes have loaded the model")
+        while (state := readiness())[0] != 200:  # the replacement loads its model
+            assert time.monotonic() < deadline, f"never ready again: {state}"
+            # the probe reaches the loaded worker (1 of 2) or the replacement itself (loading)
+            assert state[1] == "1 of 2 worker processes have loaded the model" or state[1].startswith("loading "), state
+        assert len(Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()) == 2
+
+
+def test_workers_ready_counts_live_workers_only(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mlops_runtime.serve import workers_ready
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name in (f"ready-{os.getpid()}", f"ready-{gone.pid}", "ready-notapid", "metrics.db"):
+        (tmp_path / name).touch()
+    assert workers_ready(tmp_path) == 1  # this process; the exited one and the stray files do not count
+    (tmp_path / f"ready-{os.getppid()}").touch()
+    assert workers_ready(tmp_path) == 2
+
+
 @pytest.mark.parametrize("backend", ["onnx", "skops"])
 def test_predictions_equal_the_in_memory_model(servers: dict, versions: dict, backend: str) -> None:
     model = versions["iris"]["model"]
@@ -336,7 +382,7 @@ def test_workers_share_one_port_and_their_metrics_add_up(versions: dict, s3: Any
         while sample(samples, "mlops_inference_request_duration_seconds_count") < 40 and time.monotonic() < deadline:
             time.sleep(0.1)
             samples = metric_samples(server.url)
-        assert codes[200] > 0 and set(codes) <= {200, 503}  # 503 only while a worker is still loading
+        assert set(codes) == {200}  # ready only once every worker has loaded: no 503 from a late one
         for code, count in codes.items():
             assert sample(samples, "mlops_inference_requests_total", code=str(code)) == count
         assert sample(samples, "mlops_inference_request_duration_seconds_count") == 40
