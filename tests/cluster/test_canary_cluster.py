@@ -15,6 +15,15 @@ its own ServiceAccount. One namespace and one champion serve the whole module, i
 5. deleting the InferenceService: the garbage collector removes its Deployments, Services,
    ConfigMaps and Secret (ownerReferences).
 
+The walk (1) is the example's rollout as the example has it: its steps and its 10 s interval.
+The rollback (2) and the retrain's canary (3) are about the verdict, not the pace: they keep the
+example's steps and analysis thresholds but analyse every 2 s (the operator's 5 s InferenceService
+timer then sets the pace: one analysis per tick) under 48 requests/s instead of 24, so that the
+challenger's share gathers the labels a verdict needs in one or two ticks, not in 10 s intervals.
+The analysis' bounds are valid at every look, so looking more often makes no false verdict
+likelier; the worse challenger still meets its first analyses at 10 %, where the champion's
+many labels keep it from passing on thin evidence.
+
 Waits are for conditions, with deadlines sized for a loaded two-core machine. Traffic goes to
 the loopback-routed Pod network only.
 """
@@ -43,6 +52,9 @@ MANIFESTS = ROOT / "tests" / "local" / "manifests"
 SERVICE = "iris"
 SERVING = {"mlops.seed.io/inferenceservice": SERVICE}
 STEPS = [10, 25, 50, 100]
+# The rollback and the retrain's canary: analyses as often as the operator looks (docstring).
+QUICK_INTERVAL = "2s"
+QUICK_RATE = 48.0
 
 
 def champion_documents() -> list[dict[str, Any]]:
@@ -50,13 +62,21 @@ def champion_documents() -> list[dict[str, Any]]:
     and the InferenceService of examples/iris-canary/ with drift read every 2 s over 60 rows."""
     [experiment] = [d for d in load_yaml(MANIFESTS / "quick-champion.yaml") if d["kind"] == "Experiment"]
     experiment["spec"]["retrain"] = {"onDrift": {"enabled": True, "service": SERVICE, "persistence": 2}}
+    return [experiment, inference_service()]
+
+
+def inference_service(interval: str | None = None) -> dict[str, Any]:
+    """The InferenceService of examples/iris-canary/ with drift read every 2 s over 60 rows;
+    its rollout analysed every `interval` instead of the example's, if given."""
     [isvc] = load_yaml(CANARY / "inferenceservice.yaml")
     isvc["spec"]["drift"] = {"interval": "2s", "window": 60}
     # A machine shared with other heavy jobs stalls a process for seconds now and then; the
     # router then skips the challenger, which counts as its errors. One failed analysis is
     # forgiven (its evidence restarts), a worse challenger fails twice.
     isvc["spec"]["rollout"]["analysis"]["failureLimit"] = 2
-    return [experiment, isvc]
+    if interval is not None:
+        isvc["spec"]["rollout"]["interval"] = interval
+    return isvc
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +180,8 @@ def test_the_example_challenger_walks_every_step_survives_a_kill_9_at_50_and_is_
 def test_a_worse_challenger_is_rolled_back_with_no_client_error_and_the_failed_check_is_named(
         served: ServingWorld) -> None:
     world = served
-    traffic = world.traffic(SERVICE).start()
+    world.apply(inference_service(interval=QUICK_INTERVAL))
+    traffic = world.traffic(SERVICE, rate=QUICK_RATE).start()
     try:
         world.apply(*load_yaml(MANIFESTS / "worse.yaml"))
         status = world.wait_status("InferenceService", SERVICE, "the worse iris-v3 rolled back",
@@ -192,6 +213,7 @@ def test_a_worse_challenger_is_rolled_back_with_no_client_error_and_the_failed_c
 def test_drift_starts_a_retrain_whose_version_is_canaried_to_a_verdict_without_a_manual_step(
         served: ServingWorld) -> None:
     world = served
+    world.apply(inference_service(interval=QUICK_INTERVAL))
     rows, labels = iris_rows()
     # Inputs far from the training data: every feature scaled up threefold.
     shifted = world.traffic(SERVICE, [[v * 3.0 + 2.0 for v in row] for row in rows], labels).start()
@@ -210,7 +232,7 @@ def test_drift_starts_a_retrain_whose_version_is_canaried_to_a_verdict_without_a
         "drift on InferenceService iris: iris-v2")
 
     # The world is back to normal; the retrained version goes through the canary on its own.
-    traffic = world.traffic(SERVICE).start()
+    traffic = world.traffic(SERVICE, rate=QUICK_RATE).start()
     try:
         version = eventually(lambda: world.status("Experiment", "iris-r1").get("modelVersion"),
                              "the retrain's ModelVersion", timeout=600)

@@ -50,6 +50,8 @@ def test_the_host_routes_only_the_two_cidrs_through_the_veth() -> None:
     pod = pod_commands(plan, "mlops-abc123-p", "vp2", "198.18.0.2")
     assert pod[-1] == ["-n", "mlops-abc123-p", "route", "add", "default", "via", "198.18.0.1"]
     assert ["-n", "mlops-abc123-p", "addr", "add", "198.18.0.2/20", "dev", "eth0"] in pod
+    # A reused address is reachable at once: the bridge forgets the MAC of the Pod that had it.
+    assert ["-n", "mlops-abc123", "neigh", "flush", "to", "198.18.0.2"] in pod
 
 
 def test_a_pods_hosts_file_names_every_service_and_its_own_namespaces_by_short_name() -> None:

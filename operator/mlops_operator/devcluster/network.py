@@ -161,6 +161,9 @@ def pod_commands(plan: NetworkPlan, pod_ns: str, veth: str, ip: str) -> list[lis
         ["-n", pod_ns, "link", "set", "lo", "up"],
         ["-n", pod_ns, "addr", "add", f"{ip}/{plan.pod_prefix_length}", "dev", "eth0"],
         ["-n", pod_ns, "link", "set", "eth0", "up"],
+        # The address may be a deleted Pod's: the bridge's ARP entry for it still names that
+        # Pod's MAC, and nothing reached the new Pod until the entry went stale (~40 s).
+        ["-n", plan.name, "neigh", "flush", "to", ip],
         ["-n", pod_ns, "route", "add", "default", "via", plan.gateway],
     ]
 
