@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_LISTEN_PORT = 10000
+
+
+def listen_port_range(room: int = 0) -> tuple[int, int]:
+    """[start, stop) of ports to listen on, below the kernel's ephemeral range, keeping `room`
+    between the top one and that range (for a service that also listens on port + room).
+
+    A client's source port comes from the ephemeral range. Connecting to a loopback port inside
+    it while nothing listens there yet, the kernel may hand the client that very port as its
+    source: the socket connects to itself (TCP simultaneous open) and reads back its own
+    request (seen in a test: `BadStatusLine: GET / HTTP/1.1` from S3 being started). Ports
+    from `bind(0)` are ephemeral ones, so services here pick below the range instead."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    stop = low - room
+    if stop - LOWEST_LISTEN_PORT < 1000:  # an unusual range: no room below it
+        raise RuntimeError(f"the ephemeral port range starts at {low}: no {1000} ports below it "
+                           f"(with {room} to spare) to listen on")
+    return LOWEST_LISTEN_PORT, stop
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port to listen on, below the ephemeral range (see listen_port_range)."""
+    start, stop = listen_port_range()
+    for _ in range(1000):
+        port = random.randrange(start, stop)
+        if port_is_free(port, host):
+            return port
+    raise RuntimeError(f"no free port in {start}..{stop - 1} on {host}")
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

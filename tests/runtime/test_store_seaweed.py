@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,29 @@ def test_ports_come_with_a_free_grpc_twin():
     assert len(set(ports)) == 4
     twins = {p + GRPC_OFFSET for p in ports}
     assert not twins & set(ports)
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for port in [*ports, *twins]:
+        assert port < low  # below the ephemeral range: no client can be handed it as its source
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free: binds
+
+
+def test_a_port_that_answers_garbage_is_not_s3_yet():
+    """What a client that connected to itself reads back is its own request, not a status line."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def echo_request() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(conn.recv(1024))  # "GET / HTTP/1.1 ..." comes straight back
+
+        import threading
+
+        threading.Thread(target=echo_request, daemon=True).start()
+        assert s3_answers(f"http://127.0.0.1:{port}", timeout=5) is False
 
 
 @pytest.mark.skipif(__import__("os").environ.get("AWS_ENDPOINT_URL") is not None,

@@ -40,6 +40,7 @@ from typing import Any
 
 from mlops_operator.local.control_api import answer_json
 from mlops_operator.local.processes import Managed, ProcessTable
+from mlops_runtime import serving_process
 
 LOCAL_HOST = "127.0.0.1"
 BACKEND_WAIT_SECONDS = 10.0
@@ -71,9 +72,8 @@ def enter_network_namespace(path: str | os.PathLike[str]) -> None:
 
 
 def free_port(host: str = LOCAL_HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A free port below the ephemeral range, where no client can connect to itself."""
+    return serving_process.free_port(host)
 
 
 def port_is_free(port: int, host: str = LOCAL_HOST) -> bool:

@@ -9,12 +9,12 @@ on stop, because it ignores SIGTERM for a while during shutdown.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mlops_runtime.serving_process import listen_port_range, port_is_free
+
 GRPC_OFFSET = 10000
-PORT_RANGE = (20000, 45000)
 POLL_INTERVAL = 0.1
 
 
@@ -47,25 +48,18 @@ def find_weed() -> str:
     return found
 
 
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_ports(count: int, host: str = "127.0.0.1", rng: random.Random | None = None) -> list[int]:
-    """`count` distinct ports such that each port and port + 10000 are free on `host`."""
+    """`count` distinct ports such that each port and port + 10000 are free on `host`, all of
+    them below the kernel's ephemeral range (serving_process.listen_port_range says why)."""
     rng = rng or random.Random()
+    start, stop = listen_port_range(room=GRPC_OFFSET)
     chosen: list[int] = []
     for _ in range(2000):
-        port = rng.randrange(*PORT_RANGE)
+        port = rng.randrange(start, stop)
         taken = {p for c in chosen for p in (c, c + GRPC_OFFSET)}
         if port in taken or port + GRPC_OFFSET in taken:
             continue
-        if _port_is_free(host, port) and _port_is_free(host, port + GRPC_OFFSET):
+        if port_is_free(port, host) and port_is_free(port + GRPC_OFFSET, host):
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
@@ -80,7 +74,7 @@ def s3_answers(endpoint: str, timeout: float = 1.0) -> bool:
             return response.status < 500
     except urllib.error.HTTPError as error:
         return error.code < 500
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # not (yet) an HTTP server there
         return False
 
 
