@@ -10,7 +10,6 @@ the API semantics themselves are proven against the in-memory cluster
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from mlops_operator.cluster.apply import apply_plan
 from mlops_operator.cluster.kubernetes import KubernetesCluster
 from mlops_operator.cluster.port import AlreadyExists, Cluster, ClusterError, Conflict, Invalid, NotFound
 from mlops_operator.reconcile.plan import Event, Plan
+from mlops_runtime.serving_process import free_port
 
 K8sEmulator = Any  # the `k8s_emulator` fixture of tests/operator/conftest.py
 
@@ -233,9 +233,7 @@ def test_conflict_and_invalid_are_mapped_by_reason(k8s_emulator: K8sEmulator) ->
 
 
 def test_an_unreachable_server_is_a_cluster_error() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens; below the ephemeral range, so no connect can meet itself
     configuration = kubernetes.client.Configuration(host=f"http://127.0.0.1:{port}")
     configuration.retries = 0
     client = kubernetes.client.ApiClient(configuration)

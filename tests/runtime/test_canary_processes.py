@@ -435,7 +435,11 @@ def test_a_wrong_model_is_rolled_back_on_online_accuracy_without_a_client_error(
     checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
     assert checks["onlineAccuracy"]["verdict"] == "Fail"
     assert checks["errorRate"]["verdict"] != "Fail"  # it answered every request: only its answers were wrong
-    assert checks["onlineAccuracy"]["challenger"] < 0.5 < checks["onlineAccuracy"]["champion"]
+    # The numbers behind the verdict: a Fail means the whole confidence interval of the drop lies
+    # beyond maxAccuracyDrop (0.05), so the point estimates must too. (Not "below 0.5": the
+    # majority-class dummy scores whatever share of the step's rows its class had, once 0.54.)
+    accuracy = checks["onlineAccuracy"]
+    assert accuracy["challenger"] < accuracy["champion"] - 0.05 and accuracy["champion"] > 0.85, accuracy
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "RolledBack" and "online accuracy challenger" in progressing["message"]
     assert set(traffic.statuses) == {200}, traffic.errors[:5]

@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from mlops_runtime.model_io import (
     onnx_parity,
     to_onnx,
 )
+from mlops_runtime.serving_process import free_port
 from mlops_runtime.store import (
     ArtifactNotFound,
     ArtifactStore,
@@ -48,9 +48,8 @@ def iris():
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, below the ephemeral range (where a connect could meet itself)."""
+    return free_port()
 
 
 def test_put_and_get_bytes_round_trip_with_sha256(store, bucket):

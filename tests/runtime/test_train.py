@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import sklearn
 
+from mlops_runtime.serving_process import free_port
 from mlops_runtime import train
 from mlops_runtime.datasets import DatasetSpec, load_dataset, train_test_split_frame
 from mlops_runtime.estimators import build_estimator, build_pipeline
@@ -248,9 +248,8 @@ def test_every_builtin_dataset_trains(s3, bucket, store, dataset, estimator, exp
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, below the ephemeral range (where a connect could meet itself)."""
+    return free_port()
 
 
 BAD_INPUTS = {

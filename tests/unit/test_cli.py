@@ -194,11 +194,9 @@ def api_server(tmp_path):
 
 
 def free_port() -> int:
-    import socket
+    from mlops_runtime.serving_process import free_port as below_ephemeral
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return below_ephemeral()
 
 
 def get(url: str) -> tuple[int, str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops_runtime import serving_process
 from mlops_operator.local import proxy
+from mlops_runtime import serving_process
 
 
 def test_free_ports_are_below_the_ephemeral_range_and_bindable() -> None:
