@@ -177,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("needs valgrind: apt-get update && apt-get install -y valgrind")
-    cases = [c for c in args.cases.split(",") if c]
-    unknown = sorted(set(cases) - set(CASES))
-    if unknown:
-        sys.exit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     import serving_profile
 
+    cases = serving_profile.chosen_cases(args.cases, CASES)
     work = Path(tempfile.mkdtemp(prefix="serving-instructions-"))
     try:
         folder = Path(serving_profile.build_model(work / "models", "iris")["folder"])

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,6 +266,16 @@ def run_case(case: str, work: Path, models: dict[str, dict[str, str]], args: arg
         return measure(label, server.process.pid, server.url + path, body, args.duration, script, length)
 
 
+def chosen_cases(text: str, known: Iterable[str]) -> list[str]:
+    """The comma-separated cases of `text`; exits naming any unknown one (bench/serving_instructions.py too)."""
+    known = list(known)
+    cases = [c for c in text.split(",") if c]
+    unknown = sorted(set(cases) - set(known))
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; known: {', '.join(known)}")
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
@@ -274,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         sys.exit("needs wrk and taskset")
-    cases = [c for c in args.cases.split(",") if c]
-    unknown = sorted(set(cases) - set(CASES))
-    if unknown:
-        sys.exit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    cases = chosen_cases(args.cases, CASES)
     work = Path(tempfile.mkdtemp(prefix="serving-profile-"))
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)

@@ -170,7 +170,7 @@ class Connection(asyncio.Protocol):
         self.queue: deque[Request] = deque()      # pipelined requests waiting for `current`
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.expects = False                        # the request being parsed has an Expect header
+        self.expects_continue = False               # the request being parsed sent Expect: 100-continue
         self.idle_since = 0.0                       # loop time the connection went idle; 0 while busy
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
@@ -215,15 +215,15 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.expects = False
+        self.expects_continue = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect":
-            self.expects = True
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expects_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -245,8 +245,8 @@ class Connection(asyncio.Protocol):
             "query_string": query, "root_path": "", "headers": self.headers,
             "server": self.local, "client": self.client,
         }
-        expect = self.expects and any(k == b"expect" and v.lower() == b"100-continue" for k, v in self.headers)
-        request = Request(self, scope, parser.should_keep_alive() and not self.server.stopping, expect)
+        request = Request(self, scope, parser.should_keep_alive() and not self.server.stopping,
+                          self.expects_continue)
         self.parsing = request
         if self.current is None:
             self._start(request)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ log = logging.getLogger("mlops_runtime.serve")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 READY_DIR_ENV = "MLOPS_WORKERS_READY_DIR"
+READY_MARKER = "ready-"   # + a worker's pid: that worker has loaded its model
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -195,9 +196,10 @@ class LoadedModel:
     accepts_missing: bool
     note: str                    # why this backend was chosen
     outputs: tuple[str, ...]     # the V2 output names, in order
+    # the predict_proba tensor's parameters, built once (orjson only reads them)
+    probability_parameters: dict[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # the predict_proba tensor's parameters, built once (orjson only reads them)
         self.probability_parameters = {"classes": list(self.signature.classes)}
 
 
@@ -291,7 +293,7 @@ class ModelServer:
             self.batcher.close()
         self.metrics.flush()
         if self.ready_dir is not None:
-            (self.ready_dir / f"ready-{os.getpid()}").unlink(missing_ok=True)
+            (self.ready_dir / f"{READY_MARKER}{os.getpid()}").unlink(missing_ok=True)
 
     async def _load_until_done(self) -> None:
         delay = 0.5
@@ -335,7 +337,7 @@ class ModelServer:
         gc.freeze()
         self.not_ready_reason = ""
         if self.ready_dir is not None:
-            (self.ready_dir / f"ready-{os.getpid()}").touch()
+            (self.ready_dir / f"{READY_MARKER}{os.getpid()}").touch()
         log.info("model %s version %s (%s) ready: %s%s", self.config.name, self.config.version,
                  self.config.role, loaded.note,
                  f"; onnxruntime threads {loaded.predictor.threads}" if loaded.predictor.backend == "onnx" else "")
@@ -725,9 +727,9 @@ def workers_ready(folder: Path) -> int:
     """How many live worker processes have loaded their model: each leaves `ready-<pid>` in
     `folder`; a dead worker's marker (it was killed, the supervisor starts another) is not counted."""
     count = 0
-    for marker in folder.glob("ready-*"):
+    for marker in folder.glob(f"{READY_MARKER}*"):
         try:
-            os.kill(int(marker.name[len("ready-"):]), 0)
+            os.kill(int(marker.name[len(READY_MARKER):]), 0)
         except (ValueError, ProcessLookupError):
             continue
         except PermissionError:  # alive, and not ours to signal

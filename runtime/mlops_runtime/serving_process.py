@@ -40,7 +40,7 @@ def listen_port_range(room: int = 0) -> tuple[int, int]:
         low = 32768  # Linux's default
     stop = low - room
     if stop - LOWEST_LISTEN_PORT < 1000:  # an unusual range: no room below it
-        raise RuntimeError(f"the ephemeral port range starts at {low}: no {1000} ports below it "
+        raise RuntimeError(f"the ephemeral port range starts at {low}: no 1000 ports below it "
                            f"(with {room} to spare) to listen on")
     return LOWEST_LISTEN_PORT, stop
 
