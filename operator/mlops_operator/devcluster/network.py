@@ -22,7 +22,7 @@ is left over from a crashed run, and `create` deletes it. Deleting a namespace d
 veths in it, and with the host end go the host routes through it.
 
 Pure: `NetworkPlan` and the commands and files it implies. I/O: `create`, `destroy`,
-`NetnsPodNetwork` (the node stand-in's `PodNetwork`).
+`NetnsPodNetwork` (the node stand-in's `PodNetwork`), `rewrite_in_place`.
 """
 
 from __future__ import annotations
@@ -179,6 +179,24 @@ def hosts_file(pod_ip: str, pod_name: str, pod_namespace: str, services: Service
             names.append(name)
         lines.append(f"{ip}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Replace a file's content in place, so that a reader never sees it empty or cut short.
+
+    In place because a running Pod sees its hosts file through a bind mount of this very inode
+    (`ip netns exec`): a new file renamed over it would never reach the Pod. Truncating and
+    then writing left a moment in which the file was empty, and a router resolving a Service
+    then got "Temporary failure in name resolution". One write from offset 0 that covers the
+    whole old content (a shorter text is padded with blank lines, which resolvers skip) takes
+    the file from the old text to the new one in one step, and the file never shrinks."""
+    data = text.encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        old_size = os.fstat(fd).st_size
+        os.pwrite(fd, data + b"\n" * max(0, old_size - len(data)), 0)
+    finally:
+        os.close(fd)
 
 
 def resolv_conf(pod_namespace: str) -> str:
@@ -384,12 +402,7 @@ class NetnsPodNetwork:
 
     def _write_hosts(self, attachment: _Attachment) -> None:
         text = hosts_file(attachment.ip, attachment.pod_name, attachment.pod_namespace, self._services)
-        path = ETC_NETNS / attachment.netns / "hosts"
-        # In place: a running Pod sees the file through a bind mount of this very inode.
-        with open(path, "a+") as handle:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(text)
+        rewrite_in_place(ETC_NETNS / attachment.netns / "hosts", text)
 
     def _remove(self, attachment: _Attachment) -> None:
         try:
