@@ -108,6 +108,12 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
 
     async def request(self, data: bytes, timeout: float) -> Response:
+        if self.closed or self.transport.is_closing():
+            # The peer closed it before a byte was sent: an upstream that accepts and closes at
+            # once (a Service with no ready Pod) can do that before `create_connection`'s caller
+            # runs again. uvloop then raises RuntimeError on write (which reached the router's
+            # client as a 500) and asyncio drops the write (an answer awaited until the timeout).
+            raise _Closed(False, "connection closed before the request was sent")
         self.waiter = waiter = self.loop.create_future()
         self.parts = []
         self.content_type = b"application/json"

@@ -249,6 +249,12 @@ class LocalKubelet:
 
         wait_for(serves_it, "the router to serve the projected config")
 
+    def router_logs(self) -> str:
+        """What the routers (running and stopped) logged: why a client got an error."""
+        routers = [p for name, (_, p) in self.processes.items() if name.endswith("-router")]
+        routers += [p for p in self.stopped if p.module == "mlops_runtime.router"]
+        return "\n".join(p.log_tail() for p in routers)
+
     def stop_all(self) -> None:
         for _, process in self.processes.values():
             process.stop()
@@ -412,7 +418,7 @@ def test_a_good_challenger_is_promoted_without_a_client_error(world):
     assert [w for w in seen if w in ("75/25", "50/50", "0/100")] == ["75/25", "50/50", "0/100"]
     promoted = status["history"][-1]
     assert promoted["action"] == "Promoted" and promoted["metrics"]["onlineAccuracy.challenger"] > 0.85
-    assert traffic.statuses[200] > 0 and set(traffic.statuses) == {200}, traffic.errors[:5]
+    assert traffic.statuses[200] > 0 and set(traffic.statuses) == {200}, (traffic.errors[:5], world["kubelet"].router_logs())
     assert traffic.versions["iris-v2"] > 0
     # Feedback racing a switch can reach a variant that no longer serves (404, unknown id): rare.
     assert set(traffic.feedback) <= {200, 404} and traffic.feedback[404] <= 0.01 * traffic.feedback.total()
@@ -442,7 +448,7 @@ def test_a_wrong_model_is_rolled_back_on_online_accuracy_without_a_client_error(
     assert accuracy["challenger"] < accuracy["champion"] - 0.05 and accuracy["champion"] > 0.85, accuracy
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "RolledBack" and "online accuracy challenger" in progressing["message"]
-    assert set(traffic.statuses) == {200}, traffic.errors[:5]
+    assert set(traffic.statuses) == {200}, (traffic.errors[:5], world["kubelet"].router_logs())
     assert json.loads(kubelet.config_text)["challenger"] is None
     assert "iris-challenger" not in kubelet.processes
 
@@ -466,7 +472,7 @@ def test_a_challenger_that_dies_is_rolled_back_and_clients_never_notice(world):
     assert killed and status["champion"] == "iris-v1" and status["rolledBackVersions"] == ["iris-v2"]
     checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
     assert checks["errorRate"]["verdict"] == "Fail" and checks["errorRate"]["challenger"] > 0.05
-    assert set(traffic.statuses) == {200}, traffic.errors[:5]
+    assert set(traffic.statuses) == {200}, (traffic.errors[:5], world["kubelet"].router_logs())
 
 
 def test_shadow_mirrors_then_switches_to_a_good_challenger(world):
@@ -493,7 +499,7 @@ def test_shadow_mirrors_then_switches_to_a_good_challenger(world):
     assert checks["agreement"]["verdict"] == "Pass" and checks["agreement"]["challenger"] > 0.8
     assert checks["latencyP95"]["verdict"] == "Pass"  # timed by the challenger's server
     assert answered_in_shadow["iris-v1"] > 0
-    assert set(traffic.statuses) == {200}, traffic.errors[:5]
+    assert set(traffic.statuses) == {200}, (traffic.errors[:5], world["kubelet"].router_logs())
 
 
 class Prometheus:
@@ -568,6 +574,6 @@ def test_analysis_through_a_real_prometheus_rolls_back_a_wrong_model(world, tmp_
         checks = {c["name"]: c for c in status["lastAnalysis"]["checks"]}
         assert checks["onlineAccuracy"]["verdict"] == "Fail"
         assert checks["onlineAccuracy"]["challenger"] < 0.5 < checks["onlineAccuracy"]["champion"]
-        assert set(traffic.statuses) == {200}, traffic.errors[:5]
+        assert set(traffic.statuses) == {200}, (traffic.errors[:5], world["kubelet"].router_logs())
     finally:
         prometheus.stop()

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import uvloop
 
 from mlops_runtime.http_client import Upstream, UpstreamError
 from mlops_runtime.serving_process import free_port
@@ -126,3 +127,33 @@ async def test_refused_and_silent_upstreams_raise_upstream_error(serve) -> None:
 def test_only_plain_http_upstreams() -> None:
     with pytest.raises(ValueError, match="must be an http://host:port URL"):
         Upstream("https://champion:8443", timeout=1)
+
+
+class ClosedOnArrival(Upstream):
+    """The order a loaded machine can give: the upstream accepts, closes at once, and the
+    connection is lost before the caller of `create_connection` runs again."""
+
+    async def _connect(self):
+        connection = await super()._connect()
+        await until(lambda: connection.closed)
+        return connection
+
+
+async def closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_connection_lost_before_the_request_is_sent_is_an_upstream_error(run) -> None:
+    async def scenario() -> str:
+        server = await asyncio.start_server(closes_at_once, "127.0.0.1", free_port())
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(UpstreamError) as raised:
+                await ClosedOnArrival(f"http://127.0.0.1:{port}", timeout=30).call("GET", "/", None, {})
+            return str(raised.value)
+        finally:
+            server.close()
+
+    # Before, uvloop raised RuntimeError (the router answered 500) and asyncio waited the 30 s.
+    assert "connection closed before the request was sent" in run(scenario())
