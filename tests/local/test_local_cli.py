@@ -119,8 +119,11 @@ def test_an_instance_runs_in_the_background_is_changed_listed_stopped_and_resume
                                 capture_output=True, text=True, timeout=300)
         assert second.returncode == 1 and "already runs" in second.stderr
 
+        # Ctrl-C as a terminal sends it, whatever the suite was started from: a shell's background
+        # job (`.ci/run &`) hands its children SIGINT ignored, and Python keeps it ignored.
         follower = subprocess.Popen([sys.executable, "-m", "mlops_operator", "local", "up"], cwd=tmp_path,
-                                    stdout=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         assert follower.stdout is not None
         for line in follower.stdout:
             if "keeps running" in line:
