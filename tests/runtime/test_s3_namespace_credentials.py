@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
-from mlops_operator.local.seaweed import ServerPorts, find_weed, pick_ports, s3_answers, weed_command
+from mlops_operator.local.seaweed import SeaweedServer
 from mlops_runtime.store import StoreSettings, make_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,25 +43,8 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("scoped-seaweedfs")
     config = data / "s3.json"
     config.write_text(json.dumps(documented_identities()))
-    ports = ServerPorts(*pick_ports(4))
-    command = [*weed_command(find_weed(), data, "127.0.0.1", ports), f"-s3.config={config}"]
-    log = open(data / "weed.log", "ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=data, start_new_session=True)
-    url = f"http://127.0.0.1:{ports.s3}"
-    try:
-        deadline = time.monotonic() + 60
-        while not s3_answers(url):
-            assert process.poll() is None, (data / "weed.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "SeaweedFS did not answer"
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with SeaweedServer(data, s3_config=config) as server:
+        yield server.endpoint
 
 
 def client(endpoint: str, who: str) -> Minio:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import random
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from minio import Minio
 
+from conftest import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from mlops_operator.local.seaweed import GRPC_OFFSET, SeaweedServer, pick_ports, pid_alive, s3_answers
 
 
@@ -59,3 +63,32 @@ def test_start_attach_from_pid_file_and_stop(tmp_path):
     finally:
         server.stop(grace=1)
     assert not s3_answers(endpoint)
+
+
+@pytest.mark.skipif(__import__("os").environ.get("AWS_ENDPOINT_URL") is not None,
+                    reason="an external S3 server is configured; not starting SeaweedFS")
+def test_what_was_written_survives_a_stop_and_a_start_on_the_same_folder(tmp_path):
+    """`stop` ends weed with SIGKILL after a short grace (its clean exit takes 15 s and more):
+    every object it acknowledged must still be there when it starts again."""
+    def client(server: SeaweedServer) -> Minio:
+        return Minio(urlsplit(server.endpoint).netloc, access_key=LOCAL_ACCESS_KEY,
+                     secret_key=LOCAL_SECRET_KEY, secure=False)
+
+    objects = {f"runs/{i}/model.skops": random.randbytes(100_000 * i + 7) for i in range(1, 4)}
+    server = SeaweedServer(tmp_path / "data").start(timeout=60)
+    try:
+        store = client(server)
+        store.make_bucket("kept")
+        for key, data in objects.items():
+            store.put_object("kept", key, io.BytesIO(data), len(data))
+        pid = server.pid
+    finally:
+        server.stop()
+    assert not pid_alive(pid)
+    again = SeaweedServer(tmp_path / "data").start(timeout=60)
+    try:
+        store = client(again)
+        read = {key: store.get_object("kept", key).read() for key in objects}
+        assert read == objects
+    finally:
+        again.stop()

@@ -28,6 +28,14 @@ from mlops_runtime.serving_process import listen_port_range, port_is_free
 
 GRPC_OFFSET = 10000
 POLL_INTERVAL = 0.1
+# How long `stop` waits after SIGTERM before SIGKILL. A clean exit of `weed server` takes 15 s
+# and more: the filer's gRPC graceful stop waits out the S3 gateway's metadata subscription
+# (a fixed 15 s), so it always ended in the SIGKILL, after 5 s of waiting in every `local down`
+# and every test that stops a server. The wait buys nothing: what weed acknowledged is in the
+# filer's leveldb log and the volumes' append-only files, which a killed process keeps
+# (tests/runtime/test_store_seaweed.py reads an object back after a stop and a start).
+STOP_GRACE_SECONDS = 1.0
+KILLED_WAIT_SECONDS = 10.0  # a SIGKILLed process is gone at once; this bounds a wait on a stuck one
 
 
 class SeaweedError(RuntimeError):
@@ -136,10 +144,12 @@ class SeaweedServer:
     `mlops local` command) can find the running server with `SeaweedServer.attach()`.
     """
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", pid_file: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", pid_file: Path | None = None,
+                 s3_config: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.pid_file = Path(pid_file) if pid_file else None
+        self.s3_config = s3_config  # S3 identities and their actions (`-s3.config`); None: anyone may do anything
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._endpoint: str | None = None
@@ -186,7 +196,8 @@ class SeaweedServer:
     def _spawn(self, weed: str, ports: ServerPorts) -> None:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                weed_command(weed, self.data_dir, self.host, ports),
+                weed_command(weed, self.data_dir, self.host, ports)
+                + ([f"-s3.config={self.s3_config}"] if self.s3_config else []),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -233,7 +244,7 @@ class SeaweedServer:
         server._pid, server._endpoint = pid, endpoint
         return server
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM, wait up to `grace` seconds, then SIGKILL; by pid, never by name."""
         pid = self._pid
         if pid is None:
@@ -248,10 +259,10 @@ class SeaweedServer:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                self._wait_exit(pid, grace)
+                self._wait_exit(pid, KILLED_WAIT_SECONDS)
         if self._process is not None:
             try:
-                self._process.wait(timeout=grace)
+                self._process.wait(timeout=KILLED_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
         self._process = None
