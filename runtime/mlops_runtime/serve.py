@@ -276,6 +276,10 @@ class ModelServer:
         batching queue's extra loop turn (under uvicorn every request queues)."""
         self.http_server = server
 
+    def _ready_marker(self) -> Path:
+        """This worker's mark in `ready_dir` (the pid is the worker's: the app is built after the fork)."""
+        return self.ready_dir / f"{READY_MARKER}{os.getpid()}"
+
     # lifecycle
 
     async def startup(self) -> None:
@@ -293,7 +297,7 @@ class ModelServer:
             self.batcher.close()
         self.metrics.flush()
         if self.ready_dir is not None:
-            (self.ready_dir / f"{READY_MARKER}{os.getpid()}").unlink(missing_ok=True)
+            self._ready_marker().unlink(missing_ok=True)
 
     async def _load_until_done(self) -> None:
         delay = 0.5
@@ -337,7 +341,7 @@ class ModelServer:
         gc.freeze()
         self.not_ready_reason = ""
         if self.ready_dir is not None:
-            (self.ready_dir / f"{READY_MARKER}{os.getpid()}").touch()
+            self._ready_marker().touch()
         log.info("model %s version %s (%s) ready: %s%s", self.config.name, self.config.version,
                  self.config.role, loaded.note,
                  f"; onnxruntime threads {loaded.predictor.threads}" if loaded.predictor.backend == "onnx" else "")

@@ -10,8 +10,8 @@ another worker's scrape reads, are at most that stale).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 import collections
+from bisect import bisect_left
 from typing import Any
 
 import numpy as np

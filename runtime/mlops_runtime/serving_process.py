@@ -45,8 +45,12 @@ def listen_port_range(room: int = 0) -> tuple[int, int]:
     return LOWEST_LISTEN_PORT, stop
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1", reuse_address: bool = False) -> bool:
+    """Whether a listener could bind `port` now; `reuse_address`: as one with SO_REUSEADDR
+    would (a port whose old connections linger in TIME_WAIT counts as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlops_operator import cli
+from mlops_runtime.serving_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,12 +192,6 @@ def api_server(tmp_path):
     yield kubeconfig
     state["loop"].call_soon_threadsafe(state["stop"].set)
     thread.join(10)
-
-
-def free_port() -> int:
-    from mlops_runtime.serving_process import free_port as below_ephemeral
-
-    return below_ephemeral()
 
 
 def get(url: str) -> tuple[int, str]:

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -77,13 +76,8 @@ def free_port(host: str = LOCAL_HOST) -> int:
 
 
 def port_is_free(port: int, host: str = LOCAL_HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    """As the proxy's listeners bind (SO_REUSEADDR)."""
+    return serving_process.port_is_free(port, host, reuse_address=True)
 
 
 class ServiceProxy:

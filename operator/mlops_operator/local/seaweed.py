@@ -113,8 +113,10 @@ class ServerPorts:
     filer: int
 
 
-def weed_command(weed: str, data_dir: Path, host: str, ports: ServerPorts) -> list[str]:
-    return [
+def weed_command(weed: str, data_dir: Path, host: str, ports: ServerPorts,
+                 s3_config: Path | None = None) -> list[str]:
+    """`s3_config`: S3 identities and their actions (`-s3.config`); None: anyone may do anything."""
+    command = [
         weed,
         # glog's files, /tmp/weed.* by default: kept with the data, where `down` leaves them.
         f"-logdir={log_dir_of(data_dir)}",
@@ -135,6 +137,7 @@ def weed_command(weed: str, data_dir: Path, host: str, ports: ServerPorts) -> li
         "-master.volumeSizeLimitMB=64",
         "-volume.max=0",
     ]
+    return command + ([f"-s3.config={s3_config}"] if s3_config else [])
 
 
 class SeaweedServer:
@@ -149,7 +152,7 @@ class SeaweedServer:
         self.data_dir = Path(data_dir)
         self.host = host
         self.pid_file = Path(pid_file) if pid_file else None
-        self.s3_config = s3_config  # S3 identities and their actions (`-s3.config`); None: anyone may do anything
+        self.s3_config = s3_config  # see weed_command
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._endpoint: str | None = None
@@ -196,8 +199,7 @@ class SeaweedServer:
     def _spawn(self, weed: str, ports: ServerPorts) -> None:
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                weed_command(weed, self.data_dir, self.host, ports)
-                + ([f"-s3.config={self.s3_config}"] if self.s3_config else []),
+                weed_command(weed, self.data_dir, self.host, ports, self.s3_config),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
