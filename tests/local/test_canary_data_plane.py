@@ -123,7 +123,10 @@ def test_a_kill_9_of_the_instance_during_a_canary_refuses_no_request_and_the_pro
         assert promotion["version"] == "iris-v2" and promotion["replaced"] == "iris-v1"
         stages = [(s.phase, s.stage) for s in sightings]
         assert ("Progressing", "Promoting") in stages, stages
-        assert watch.first(phase="Promoted") is not None, stages
+        # Then it ended: Promoted, or already Stable again (under load the watch's polls can
+        # miss a phase that lasts one pass; the history above says it was a promotion).
+        after_promoting = stages[stages.index(("Progressing", "Promoting")) + 1:]
+        assert any(phase in ("Promoted", "Stable") for phase, _ in after_promoting), stages
         # From the moment the promotion was decided (before the status was written).
         promoted_at = parse_time(promotion["time"]).timestamp()
         after = report.versions_sent_after(promoted_at)
